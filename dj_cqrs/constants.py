@@ -1,0 +1,35 @@
+"""Constants shared by the master and the replica sides and the wire format."""
+
+
+class SignalType:
+    """Kinds of CQRS messages."""
+
+    SAVE = 'SAVE'
+    DELETE = 'DELETE'
+    SYNC = 'SYNC'
+
+    ALL = (SAVE, DELETE, SYNC)
+
+
+ALL_BASIC_FIELDS = '__all__'
+
+NO_QUEUE = 'None'
+
+FIELDS_TRACKER_FIELD_NAME = 'cqrs_field_tracker'
+TRACKED_FIELDS_ATTR_NAME = '_cqrs_tracked_fields_data'
+
+DEFAULT_EXCHANGE = 'cqrs'
+DEFAULT_CONSUMER_PREFETCH_COUNT = 10
+
+DEFAULT_MASTER_AUTO_UPDATE_FIELDS = False
+DEFAULT_MASTER_MESSAGE_TTL = 86400
+
+DEFAULT_REPLICA_MAX_RETRIES = 30
+DEFAULT_REPLICA_RETRY_DELAY = 2
+DEFAULT_REPLICA_DELAY_QUEUE_MAX_SIZE = 1000
+DEFAULT_DEAD_MESSAGE_TTL = 864000
+
+DB_VENDOR_PG = 'postgresql'
+DB_VENDOR_MYSQL = 'mysql'
+PG_QUERY_CANCELED = '57014'
+MYSQL_MAX_EXECUTION_TIME_EXCEEDED = 3024

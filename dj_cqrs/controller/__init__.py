@@ -1,0 +1,1 @@
+"""Controllers: the glue between transports and models."""

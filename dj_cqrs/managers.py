@@ -1,0 +1,319 @@
+"""The ``cqrs`` managers: bulk publishing on the master, applying messages on the replica."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import Error, IntegrityError, router, transaction
+from django.db.models import F, Manager, QuerySet
+from django.utils import timezone
+
+from dj_cqrs._logging import logger
+from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME
+from dj_cqrs.utils import get_json_valid_value
+
+_CHUNK = 1000
+
+
+class MasterManager(Manager):
+    """``Model.cqrs``: bulk operations that publish every row they touch."""
+
+    def bulk_create(self, objs: Any, **kwargs: Any) -> list:
+        """``bulk_create`` that publishes a SAVE for every created object.
+
+        The objects need their primary keys after the insert: a database returning them
+        (PostgreSQL, SQLite, MariaDB) or pks set by the caller.
+        """
+        objs = list(objs)
+        for obj in objs:
+            obj.cqrs_revision = 0
+            obj._cqrs_tracked_fields_data = None
+        created = super().bulk_create(objs, **kwargs)
+        if created:
+            using = self.db
+            for obj in created:
+                if obj.CQRS_TRACKED_FIELDS:
+                    obj._cqrs_tracked_fields_data = obj._cqrs_tracked_changes()
+            self.model.call_post_bulk_create(created, using=using)
+        return created
+
+    def bulk_update(self, queryset: QuerySet, **kwargs: Any) -> int:
+        """Update ``queryset`` with ``kwargs``, bump revisions and publish every updated row.
+
+        Previous values of tracked fields are sent with each row.
+        """
+        model = queryset.model
+        using = queryset.db or router.db_for_write(model)
+        tracked = (
+            list(getattr(model, FIELDS_TRACKER_FIELD_NAME).fields)
+            if (model.CQRS_TRACKED_FIELDS)
+            else []
+        )
+        with transaction.atomic(using=using, savepoint=False):
+            if tracked:
+                before = {
+                    row['pk']: row for row in queryset.values('pk', *_attnames(model, tracked))
+                }
+                pks = list(before)
+            else:
+                before = {}
+                pks = list(queryset.values_list('pk', flat=True))
+            now = timezone.now()
+            updated = 0
+            base = model._default_manager.using(using)
+            for start in range(0, len(pks), _CHUNK):
+                updated += base.filter(pk__in=pks[start : start + _CHUNK]).update(
+                    cqrs_revision=F('cqrs_revision') + 1, cqrs_updated=now, **kwargs
+                )
+            instances = []
+            for start in range(0, len(pks), _CHUNK):
+                instances.extend(base.filter(pk__in=pks[start : start + _CHUNK]))
+            for instance in instances:
+                if tracked:
+                    instance._cqrs_tracked_fields_data = _changed(
+                        model, tracked, before.get(instance.pk, {}), instance
+                    )
+            model.call_post_update(instances, using=using)
+        return updated
+
+
+def _attnames(model: type, names: list[str]) -> list[str]:
+    return [model._meta.get_field(name).attname for name in names]
+
+
+def _changed(model: type, names: list[str], old: dict, instance: Any) -> dict:
+    changes = {}
+    for name in names:
+        attname = model._meta.get_field(name).attname
+        previous = old.get(attname)
+        if previous != getattr(instance, attname):
+            changes[name] = get_json_valid_value(previous)
+    return changes
+
+
+class ReplicaManager(Manager):
+    """``Model.cqrs`` of a replica: applies SAVE / SYNC / DELETE data with the revision rules."""
+
+    def save_instance(
+        self,
+        master_data: dict,
+        previous_data: dict | None = None,
+        sync: bool = False,
+        meta: dict | None = None,
+    ) -> Any:
+        """Create or update the row described by ``master_data``; falsy when not applied."""
+        mapped_data = self._map_save_data(master_data)
+        if mapped_data is None:
+            return None
+        pk_value = mapped_data[self._pk_key(mapped_data)]
+        queryset = self.model._default_manager.using(self._write_db).filter(pk=pk_value)
+        if self.model.CQRS_SELECT_FOR_UPDATE:
+            queryset = queryset.select_for_update()
+        instance = queryset.first()
+        if instance is None:
+            return self.create_instance(mapped_data, previous_data, sync, meta)
+        return self.update_instance(instance, mapped_data, previous_data, sync, meta)
+
+    def create_instance(
+        self,
+        mapped_data: dict,
+        previous_data: dict | None = None,
+        sync: bool = False,
+        meta: dict | None = None,
+    ) -> Any:
+        """Create the row through ``cqrs_create``; errors are logged, the result is None."""
+        pk_value = mapped_data[self._pk_key(mapped_data)]
+        try:
+            with transaction.atomic(using=self._write_db):
+                return self.model.cqrs_create(
+                    sync, mapped_data, **self._hook_kwargs(previous_data, meta)
+                )
+        except (Error, ValidationError) as exc:
+            if isinstance(exc, IntegrityError):
+                logger.warning(
+                    'Potentially wrong CQRS sync order: pk = %s, cqrs_revision = %s (%s).',
+                    pk_value,
+                    mapped_data['cqrs_revision'],
+                    self.model.CQRS_ID,
+                )
+            logger.error('CQRS create error: pk = %s (%s): %s', pk_value, self.model.CQRS_ID, exc)
+            return None
+
+    def update_instance(
+        self,
+        instance: Any,
+        mapped_data: dict,
+        previous_data: dict | None = None,
+        sync: bool = False,
+        meta: dict | None = None,
+    ) -> Any:
+        """Update ``instance`` unless the revision rules say the data is old or a duplicate."""
+        pk_value = instance.pk
+        cqrs_id = self.model.CQRS_ID
+        new = mapped_data['cqrs_revision']
+        existing = instance.cqrs_revision
+        if sync:
+            if existing > new:
+                logger.warning(
+                    'CQRS revision downgrade on sync: pk = %s, cqrs_revision = new %s / '
+                    'existing %s (%s).',
+                    pk_value,
+                    new,
+                    existing,
+                    cqrs_id,
+                )
+        else:
+            if existing > new:
+                logger.error(
+                    'Wrong CQRS sync order: pk = %s, cqrs_revision = new %s / existing %s (%s).',
+                    pk_value,
+                    new,
+                    existing,
+                    cqrs_id,
+                )
+                return instance
+            if existing == new:
+                logger.error(
+                    'Received duplicate CQRS data: pk = %s, cqrs_revision = %s (%s).',
+                    pk_value,
+                    new,
+                    cqrs_id,
+                )
+                if new == 0:
+                    logger.warning(
+                        'CQRS potential creation race condition: pk = %s (%s).', pk_value, cqrs_id
+                    )
+                return instance
+            if new != existing + 1:
+                logger.warning(
+                    'Lost or filtered out %s CQRS packages: pk = %s, cqrs_revision = %s (%s).',
+                    new - existing - 1,
+                    pk_value,
+                    new,
+                    cqrs_id,
+                )
+        try:
+            with transaction.atomic(using=self._write_db):
+                return instance.cqrs_update(
+                    sync, mapped_data, **self._hook_kwargs(previous_data, meta)
+                )
+        except (Error, ValidationError) as exc:
+            logger.error(
+                'CQRS update error: pk = %s, cqrs_revision = %s (%s): %s',
+                pk_value,
+                new,
+                cqrs_id,
+                exc,
+            )
+            return None
+
+    def delete_instance(self, master_data: dict) -> bool:
+        """Delete the row with pk ``master_data['id']``; True even when nothing was there."""
+        if not _has_cqrs_fields(master_data, self.model.CQRS_ID):
+            return False
+        if 'id' not in master_data:
+            logger.error('CQRS DELETE data has no "id" (%s).', self.model.CQRS_ID)
+            return False
+        try:
+            with transaction.atomic(using=self._write_db):
+                self.model._default_manager.using(self._write_db).filter(
+                    pk=master_data['id']
+                ).delete()
+        except Error as exc:
+            logger.error(
+                'CQRS delete error: pk = %s (%s): %s', master_data['id'], self.model.CQRS_ID, exc
+            )
+            return False
+        return True
+
+    @property
+    def _write_db(self) -> str:
+        return self._db or router.db_for_write(self.model)
+
+    def _hook_kwargs(self, previous_data: dict | None, meta: dict | None) -> dict:
+        kwargs: dict[str, Any] = {'previous_data': previous_data}
+        if self.model.CQRS_META:
+            kwargs['meta'] = meta
+        return kwargs
+
+    def _pk_key(self, mapped_data: dict) -> str:
+        pk = self.model._meta.pk
+        return pk.name if pk.name in mapped_data else pk.attname
+
+    def _map_save_data(self, master_data: dict) -> dict | None:
+        model = self.model
+        if not _has_cqrs_fields(master_data, model.CQRS_ID):
+            return None
+        mapped = self._make_initial_mapping(master_data)
+        if mapped is None:
+            return None
+        pk = model._meta.pk
+        if pk.name not in mapped and pk.attname not in mapped:
+            logger.error('CQRS data has no primary key %r (%s).', pk.name, model.CQRS_ID)
+            return None
+        if model.CQRS_CUSTOM_SERIALIZATION:
+            return mapped
+        mapped = self._remove_excessive_data(mapped)
+        if not self._all_required_fields_are_filled(mapped):
+            return None
+        return mapped
+
+    def _make_initial_mapping(self, master_data: dict) -> dict | None:
+        mapping = self.model.CQRS_MAPPING
+        if not mapping:
+            return dict(master_data)
+        mapped = {
+            'cqrs_revision': master_data['cqrs_revision'],
+            'cqrs_updated': master_data['cqrs_updated'],
+        }
+        for master_name, replica_name in mapping.items():
+            if master_name not in master_data:
+                logger.error(
+                    'Bad master-replica mapping: %r is not in the data (%s).',
+                    master_name,
+                    self.model.CQRS_ID,
+                )
+                return None
+            mapped[replica_name] = master_data[master_name]
+        return mapped
+
+    def _remove_excessive_data(self, data: dict) -> dict:
+        result = {}
+        for field in self.model._meta.concrete_fields:
+            if field.name in data:
+                value = data[field.name]
+                if field.is_relation and not isinstance(value, field.related_model):
+                    result[field.attname] = value
+                else:
+                    result[field.name] = value
+            elif field.attname in data:
+                result[field.attname] = data[field.attname]
+        return result
+
+    def _all_required_fields_are_filled(self, mapped_data: dict) -> bool:
+        missing = [
+            field.name
+            for field in self.model._meta.concrete_fields
+            if not (field.null or field.has_default() or getattr(field, 'auto_now', False))
+            and not field.primary_key
+            and field.name not in mapped_data
+            and field.attname not in mapped_data
+        ]
+        if missing:
+            logger.error(
+                'Not all required CQRS fields are provided in data (%s): %s.',
+                self.model.CQRS_ID,
+                ', '.join(missing),
+            )
+            return False
+        return True
+
+
+def _has_cqrs_fields(master_data: dict, cqrs_id: str) -> bool:
+    if 'cqrs_revision' in master_data and 'cqrs_updated' in master_data:
+        return True
+    logger.error(
+        'CQRS sync fields (cqrs_revision, cqrs_updated) are not provided in data (%s).', cqrs_id
+    )
+    return False

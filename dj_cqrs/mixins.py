@@ -1,0 +1,336 @@
+"""Model mixins: ``MasterMixin`` for the owning service, ``ReplicaMixin`` for read-only copies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import router
+from django.db.models import DateTimeField, F, IntegerField, Manager, Model, QuerySet
+from django.db.models.expressions import Combinable
+from django.utils.functional import classproperty
+from django.utils.module_loading import import_string
+
+from dj_cqrs import _on_commit
+from dj_cqrs.conf import cqrs_settings
+from dj_cqrs.constants import ALL_BASIC_FIELDS, FIELDS_TRACKER_FIELD_NAME
+from dj_cqrs.managers import MasterManager, ReplicaManager
+from dj_cqrs.metas import MasterMeta, ReplicaMeta
+from dj_cqrs.signals import MasterSignals, post_bulk_create, post_update
+from dj_cqrs.utils import _current_bulk_relate_cache, get_json_valid_value
+
+
+class RawMasterMixin(Model):
+    """Master model behaviour without the metaclass.
+
+    Use it where ``MasterMixin``'s metaclass cannot be combined with the model's own (proxy
+    models, django-mptt, diamond inheritance) and register the model by hand with
+    ``MasterMeta.register(Model)``.
+    """
+
+    CQRS_ID: str | None = None
+    CQRS_PRODUCE = True
+    CQRS_FIELDS: str | list[str] | tuple[str, ...] = ALL_BASIC_FIELDS
+    CQRS_SERIALIZER: str | None = None
+    CQRS_TRACKED_FIELDS: str | list[str] | tuple[str, ...] | None = None
+
+    cqrs_revision = IntegerField(
+        default=0, help_text='The number of changes published for this instance.'
+    )
+    cqrs_updated = DateTimeField(auto_now=True, help_text='When the instance was last changed.')
+
+    objects = Manager()
+    cqrs = MasterManager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, update_cqrs_fields: bool | None = None, **kwargs: Any) -> None:
+        """Save, counting a new revision for an update of this instance.
+
+        ``update_fields`` saves publish nothing and keep the revision, unless
+        ``update_cqrs_fields=True`` (or ``CQRS_AUTO_UPDATE_FIELDS``) is set.
+        """
+        update_fields = kwargs.get('update_fields')
+        if update_cqrs_fields is None:
+            update_cqrs_fields = cqrs_settings.master.CQRS_AUTO_UPDATE_FIELDS
+        if update_fields is not None and (not update_cqrs_fields or not update_fields):
+            return super().save(*args, **kwargs)
+        if update_fields is not None:
+            kwargs['update_fields'] = {*update_fields, 'cqrs_revision', 'cqrs_updated'}
+
+        using = kwargs.get('using') or router.db_for_write(type(self), instance=self)
+        first_save = not _on_commit.is_pending(self, using)
+        if not self._state.adding:
+            if first_save:
+                self.cqrs_revision = F('cqrs_revision') + 1
+            elif isinstance(self.cqrs_revision, Combinable):
+                self.refresh_from_db(using=using, fields=['cqrs_revision'])
+        self._save_tracked_fields(first_save)
+        return super().save(*args, **kwargs)
+
+    @property
+    def cqrs_saves_count(self) -> int:
+        """1 when a publish of this instance is waiting for the transaction's commit, else 0."""
+        return int(_on_commit.is_pending(self, self._state.db or 'default'))
+
+    @property
+    def is_initial_cqrs_save(self) -> bool:
+        """True unless this instance was already saved in the current transaction."""
+        return self.cqrs_saves_count == 0
+
+    def reset_cqrs_saves_count(self) -> None:
+        """Forget that this instance was saved in the current transaction."""
+        _on_commit.forget(self)
+
+    def is_sync_instance(self) -> bool:
+        """Return False to never publish this instance (its revision still counts)."""
+        return True
+
+    def get_cqrs_meta(self, **kwargs: Any) -> dict:
+        """Metadata sent with each message; by default from ``master.meta_function``."""
+        func = cqrs_settings.master.meta_function
+        if func is None:
+            return {}
+        return func(obj=self, **kwargs)
+
+    @classmethod
+    def relate_cqrs_serialization(cls, queryset: QuerySet) -> QuerySet:
+        """Add ``select_related`` / ``prefetch_related`` for ``CQRS_SERIALIZER``."""
+        return queryset
+
+    def get_custom_cqrs_delete_data(self) -> Any:
+        """Extra data sent under ``instance_data['custom']`` of a DELETE."""
+        return None
+
+    def to_cqrs_dict(self, using: str | None = None, sync: bool = False) -> dict:
+        """Serialize the instance as the ``instance_data`` of a SAVE or SYNC."""
+        if self.CQRS_SERIALIZER:
+            return self._class_serialization(using, sync)
+        self._refresh_f_expr_values(using)
+        return self._common_serialization()
+
+    def get_tracked_fields_data(self) -> dict | None:
+        """Previous values of the tracked fields changed in this revision (None if untracked)."""
+        if not self.CQRS_TRACKED_FIELDS:
+            return None
+        return self.__dict__.get('_cqrs_tracked_fields_data') or {}
+
+    def reset_cqrs_tracked_fields_data(self) -> None:
+        """Forget the previous values collected since the last publish."""
+        self.__dict__.pop('_cqrs_tracked_fields_data', None)
+
+    def cqrs_sync(self, using: str | None = None, queue: str | None = None) -> bool:
+        """Publish the current state as a SYNC, to every replica or only to ``queue``.
+
+        Returns False for unsaved instances, instances gone from the database and models that
+        do not produce.
+        """
+        if self._state.adding or not self.CQRS_PRODUCE or not self.is_sync_instance():
+            return False
+        using = using or self._state.db
+        if not self.CQRS_SERIALIZER:
+            try:
+                self.refresh_from_db(using=using)
+            except type(self).DoesNotExist:
+                return False
+        elif not type(self)._default_manager.using(using).filter(pk=self.pk).exists():
+            return False
+        _on_commit.forget(self)
+        MasterSignals.post_save(type(self), instance=self, using=using, queue=queue, sync=True)
+        return True
+
+    @classmethod
+    def call_post_bulk_create(cls, instances: list, using: str | None = None) -> None:
+        """Publish SAVEs for instances created in bulk behind the ORM's back."""
+        post_bulk_create.send(cls, instances=instances, using=using)
+
+    @classmethod
+    def call_post_update(cls, instances: list, using: str | None = None) -> None:
+        """Publish SAVEs for instances updated in bulk behind the ORM's back."""
+        post_update.send(cls, instances=instances, using=using)
+
+    @classproperty
+    def _cqrs_serializer_cls(cls) -> type:
+        serializer = cls.CQRS_SERIALIZER
+        cache = cls.__dict__.get('_cqrs_serializer_cache')
+        if cache is None or cache[0] != serializer:
+            resolved = import_string(serializer) if isinstance(serializer, str) else serializer
+            cache = (serializer, resolved)
+            cls._cqrs_serializer_cache = cache
+        return cache[1]
+
+    def _class_serialization(self, using: str | None, sync: bool) -> dict:
+        db = using or self._state.db
+        if sync:
+            instance = self
+        else:
+            instance = None
+            cache = _current_bulk_relate_cache(type(self))
+            if cache is not None:
+                instance = cache.get(self, db)
+            if instance is None:
+                queryset = type(self)._default_manager.using(db)
+                instance = self.relate_cqrs_serialization(queryset).get(pk=self.pk)
+        data = dict(self._cqrs_serializer_cls(instance).data)
+        data['cqrs_revision'] = instance.cqrs_revision
+        data['cqrs_updated'] = str(instance.cqrs_updated)
+        return data
+
+    @classmethod
+    def _cqrs_serialized_fields(cls) -> list:
+        fields = cls._meta.concrete_fields
+        if cls.CQRS_FIELDS == ALL_BASIC_FIELDS:
+            return list(fields)
+        names = set(cls.CQRS_FIELDS) | {'cqrs_revision', 'cqrs_updated'}
+        return [f for f in fields if f.name in names]
+
+    def _common_serialization(self) -> dict:
+        data = {
+            f.name: get_json_valid_value(f.value_from_object(self))
+            for f in self._cqrs_serialized_fields()
+        }
+        data['cqrs_revision'] = self.cqrs_revision
+        data['cqrs_updated'] = str(self.cqrs_updated)
+        return data
+
+    def _refresh_f_expr_values(self, using: str | None) -> None:
+        stale = [
+            f.attname
+            for f in self._cqrs_serialized_fields()
+            if isinstance(f.value_from_object(self), Combinable)
+        ]
+        if stale:
+            self.refresh_from_db(using=using or self._state.db, fields=stale)
+
+    def _save_tracked_fields(self, first_save: bool) -> None:
+        if not self.CQRS_TRACKED_FIELDS:
+            return
+        changed = self._cqrs_tracked_changes()
+        collected = self.__dict__.get('_cqrs_tracked_fields_data')
+        if first_save or collected is None:
+            self._cqrs_tracked_fields_data = changed
+        else:
+            for name, value in changed.items():
+                collected.setdefault(name, value)
+
+    def _cqrs_tracked_changes(self) -> dict:
+        tracker = getattr(self, FIELDS_TRACKER_FIELD_NAME)
+        if self._state.adding:
+            return {
+                name: None for name in tracker.fields if tracker.get_field_value(name) is not None
+            }
+        return {name: get_json_valid_value(value) for name, value in tracker.changed().items()}
+
+
+class MasterMixin(RawMasterMixin, metaclass=MasterMeta):
+    """Mixin for models whose changes are published to replicas.
+
+    Set ``CQRS_ID``; optionally ``CQRS_FIELDS``, ``CQRS_SERIALIZER``, ``CQRS_TRACKED_FIELDS``
+    and ``CQRS_PRODUCE``. The model registers itself when the class is created.
+    """
+
+    class Meta:
+        abstract = True
+
+
+class RawReplicaMixin:
+    """Replica behaviour for classes that are not Django models.
+
+    Override ``cqrs_save`` and ``cqrs_delete`` and register the class with
+    ``ReplicaMeta.register(cls)``.
+    """
+
+    CQRS_ID: str | None = None
+    CQRS_NO_DB_OPERATIONS = True
+    CQRS_META = False
+    CQRS_ONLY_DIRECT_SYNCS = False
+
+    @classmethod
+    def cqrs_save(
+        cls,
+        master_data: dict,
+        previous_data: dict | None = None,
+        sync: bool = False,
+        meta: dict | None = None,
+    ) -> Any:
+        """Apply a SAVE or SYNC; return a truthy value when handled."""
+        raise NotImplementedError
+
+    @classmethod
+    def cqrs_delete(cls, master_data: dict, meta: dict | None = None) -> Any:
+        """Apply a DELETE; return a truthy value when handled."""
+        raise NotImplementedError
+
+    @staticmethod
+    def should_retry_cqrs(current_retry: int, exception: BaseException | None = None) -> bool:
+        """Whether a failed message is retried (default: up to ``CQRS_MAX_RETRIES``)."""
+        max_retries = cqrs_settings.replica.CQRS_MAX_RETRIES
+        return max_retries is None or current_retry < max_retries
+
+    @staticmethod
+    def get_cqrs_retry_delay(current_retry: int) -> float:
+        """Seconds to wait before a retry (default: ``CQRS_RETRY_DELAY``)."""
+        return cqrs_settings.replica.CQRS_RETRY_DELAY
+
+
+class ReplicaMixin(RawReplicaMixin, Model, metaclass=ReplicaMeta):
+    """Mixin for read-only copies of a master model, kept up to date by ``cqrs_consume``.
+
+    Set ``CQRS_ID`` as on the master; optionally ``CQRS_MAPPING``,
+    ``CQRS_CUSTOM_SERIALIZATION``, ``CQRS_SELECT_FOR_UPDATE``, ``CQRS_META`` and
+    ``CQRS_ONLY_DIRECT_SYNCS``.
+    """
+
+    CQRS_MAPPING: dict[str, str] | None = None
+    CQRS_CUSTOM_SERIALIZATION = False
+    CQRS_SELECT_FOR_UPDATE = False
+    CQRS_NO_DB_OPERATIONS = False
+
+    cqrs_revision = IntegerField()
+    cqrs_updated = DateTimeField()
+
+    objects = Manager()
+    cqrs = ReplicaManager()
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def cqrs_save(
+        cls,
+        master_data: dict,
+        previous_data: dict | None = None,
+        sync: bool = False,
+        meta: dict | None = None,
+    ) -> Any:
+        """Create or update the row from master data, following the revision rules."""
+        return cls.cqrs.save_instance(master_data, previous_data, sync, meta)
+
+    @classmethod
+    def cqrs_create(
+        cls,
+        sync: bool,
+        mapped_data: dict,
+        previous_data: dict | None = None,
+        meta: dict | None = None,
+    ) -> Any:
+        """Create the row (override for custom creation)."""
+        return cls._default_manager.create(**mapped_data)
+
+    def cqrs_update(
+        self,
+        sync: bool,
+        mapped_data: dict,
+        previous_data: dict | None = None,
+        meta: dict | None = None,
+    ) -> Any:
+        """Update the row (override for custom updates)."""
+        for name, value in mapped_data.items():
+            setattr(self, name, value)
+        self.save()
+        return self
+
+    @classmethod
+    def cqrs_delete(cls, master_data: dict, meta: dict | None = None) -> bool:
+        """Delete the row named by ``master_data['id']``; True even if it was not there."""
+        return cls.cqrs.delete_instance(master_data)

@@ -1,0 +1,164 @@
+"""Signal wiring of master models: every committed change becomes a message for the producer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ObjectDoesNotExist
+from django.db import router
+from django.db.models import signals
+from django.dispatch import Signal
+from django.utils import timezone
+
+from dj_cqrs import _on_commit
+from dj_cqrs._logging import logger
+from dj_cqrs.constants import SignalType
+from dj_cqrs.controller import producer
+from dj_cqrs.dataclasses import TransportPayload
+from dj_cqrs.utils import (
+    _current_bulk_relate_cache,
+    get_correlation_id,
+    get_json_valid_value,
+    get_message_expiration_dt,
+)
+
+post_bulk_create = Signal()
+"""Sent by ``MasterManager.bulk_create``: ``sender`` model, ``instances``, ``using``."""
+
+post_update = Signal()
+"""Sent by ``MasterManager.bulk_update``: ``sender`` model, ``instances``, ``using``."""
+
+
+class MasterSignals:
+    """Connects a master model's signals to publishing."""
+
+    @classmethod
+    def register_model(cls, model_cls: type) -> None:
+        """Connect ``post_save``, ``post_delete`` and the two bulk signals of ``model_cls``."""
+        uid = f'dj_cqrs.{model_cls._meta.label}'
+        signals.post_save.connect(cls.post_save, sender=model_cls, dispatch_uid=uid)
+        signals.post_delete.connect(cls.post_delete, sender=model_cls, dispatch_uid=uid)
+        post_bulk_create.connect(cls.post_bulk_create, sender=model_cls, dispatch_uid=uid)
+        post_update.connect(cls.post_bulk_update, sender=model_cls, dispatch_uid=uid)
+
+    @staticmethod
+    def post_save(sender: type, **kwargs: Any) -> None:
+        """Publish a SAVE (or, with ``sync=True``, a SYNC) once the transaction commits.
+
+        A save restricted by ``update_fields`` without the CQRS fields publishes nothing.
+        """
+        update_fields = kwargs.get('update_fields')
+        if update_fields is not None and 'cqrs_revision' not in update_fields:
+            return
+        instance = kwargs['instance']
+        using = kwargs.get('using') or router.db_for_write(sender, instance=instance)
+        sync = kwargs.get('sync', False)
+        queue = kwargs.get('queue')
+        if not (sender.CQRS_PRODUCE and instance.is_sync_instance()):
+            return
+        if _on_commit.is_pending(instance, using):
+            return
+        cache = _current_bulk_relate_cache(sender)
+        if cache is not None:
+            cache.register(instance, using)
+        _on_commit.schedule(
+            instance, using, lambda: _produce_save(sender, instance, using, sync, queue)
+        )
+
+    @staticmethod
+    def post_delete(sender: type, **kwargs: Any) -> None:
+        """Publish a DELETE once the transaction commits."""
+        instance = kwargs['instance']
+        if not (sender.CQRS_PRODUCE and instance.is_sync_instance()):
+            return
+        using = kwargs.get('using') or router.db_for_write(sender, instance=instance)
+        revision = instance.cqrs_revision
+        instance_data = {
+            'id': get_json_valid_value(instance.pk),
+            'cqrs_revision': (revision if isinstance(revision, int) else 0) + 1,
+            'cqrs_updated': str(timezone.now()),
+        }
+        custom = instance.get_custom_cqrs_delete_data()
+        if custom:
+            instance_data['custom'] = custom
+        payload = _build_payload(sender, instance, SignalType.DELETE, instance_data, None, None)
+        _on_commit.schedule(instance, using, lambda: _produce(payload))
+
+    @classmethod
+    def post_bulk_create(cls, sender: type, **kwargs: Any) -> None:
+        """Publish a SAVE for every instance created by ``bulk_create``."""
+        for instance in kwargs['instances']:
+            cls.post_save(sender, instance=instance, using=kwargs.get('using'))
+
+    @classmethod
+    def post_bulk_update(cls, sender: type, **kwargs: Any) -> None:
+        """Publish a SAVE for every instance updated by ``bulk_update``."""
+        for instance in kwargs['instances']:
+            cls.post_save(sender, instance=instance, using=kwargs.get('using'))
+
+
+def _build_payload(
+    model_cls: type,
+    instance: Any,
+    signal_type: str,
+    instance_data: dict,
+    previous_data: dict | None,
+    queue: str | None,
+) -> TransportPayload:
+    meta = instance.get_cqrs_meta(
+        instance_data=instance_data, previous_data=previous_data, signal_type=signal_type
+    )
+    pk = get_json_valid_value(instance.pk)
+    return TransportPayload(
+        signal_type,
+        model_cls.CQRS_ID,
+        instance_data,
+        pk,
+        queue=queue,
+        previous_data=previous_data,
+        correlation_id=get_correlation_id(signal_type, model_cls.CQRS_ID, pk, queue),
+        expires=get_message_expiration_dt(),
+        meta=meta or None,
+    )
+
+
+def _produce_save(model_cls: type, instance: Any, using: str, sync: bool, queue: str | None):
+    signal_type = SignalType.SYNC if sync else SignalType.SAVE
+    try:
+        instance_data = instance.to_cqrs_dict(using, sync=sync)
+        previous_data = instance.get_tracked_fields_data()
+        payload = _build_payload(
+            model_cls, instance, signal_type, instance_data, previous_data, queue
+        )
+    except ObjectDoesNotExist:
+        logger.error(
+            'CQRS %s is skipped: pk = %s (%s) does not exist any more.',
+            signal_type,
+            instance.pk,
+            model_cls.CQRS_ID,
+        )
+        return
+    except Exception:
+        logger.exception(
+            'CQRS %s is skipped: pk = %s (%s) could not be serialized.',
+            signal_type,
+            instance.pk,
+            model_cls.CQRS_ID,
+        )
+        return
+    finally:
+        instance.reset_cqrs_tracked_fields_data()
+    _produce(payload)
+
+
+def _produce(payload: TransportPayload) -> None:
+    try:
+        producer.produce(payload)
+    except Exception:
+        logger.exception(
+            'CQRS %s is not published: pk = %s (%s), correlation_id = %s.',
+            payload.signal_type,
+            payload.pk,
+            payload.cqrs_id,
+            payload.correlation_id,
+        )

@@ -1,0 +1,44 @@
+"""Shared fixtures of the core test suite."""
+
+import logging
+
+import pytest
+
+from dj_cqrs.transport.mock import TransportMock
+from tests.dj_replica import models as replica_models
+
+
+@pytest.fixture(autouse=True)
+def _clean_records():
+    replica_models.RECORDED.clear()
+    replica_models.RawReplica.STORE.clear()
+    yield
+    replica_models.RECORDED.clear()
+    replica_models.RawReplica.STORE.clear()
+
+
+@pytest.fixture
+def recorded():
+    """Calls of the recording replica hooks, in order."""
+    return replica_models.RECORDED
+
+
+@pytest.fixture
+def cqrs_logs(caplog):
+    """Records of the ``django-cqrs`` logger (level DEBUG and up)."""
+    caplog.set_level(logging.DEBUG, logger='django-cqrs')
+    return caplog
+
+
+@pytest.fixture
+def produced(monkeypatch):
+    """Payloads handed to the transport, in order (they are still applied on the replica)."""
+    payloads = []
+    original = TransportMock.produce
+
+    def produce(payload):
+        payloads.append(payload)
+        return original(payload)
+
+    monkeypatch.setattr(TransportMock, 'produce', staticmethod(produce))
+    return payloads

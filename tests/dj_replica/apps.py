@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ReplicaConfig(AppConfig):
+    name = 'tests.dj_replica'
+    label = 'dj_replica'
