@@ -59,6 +59,8 @@ class RawMasterMixin(Model):
             kwargs['update_fields'] = {*update_fields, 'cqrs_revision', 'cqrs_updated'}
 
         using = kwargs.get('using') or router.db_for_write(type(self), instance=self)
+        if self.__dict__.pop('_cqrs_deleted', False):
+            _on_commit.forget(self)
         first_save = not _on_commit.is_pending(self, using)
         if not self._state.adding:
             if first_save:

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import router
 from django.db.models import signals
+from django.db.models.expressions import Combinable
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -21,6 +22,8 @@ from dj_cqrs.utils import (
     get_json_valid_value,
     get_message_expiration_dt,
 )
+
+_DELETED_ATTR = '_cqrs_deleted'
 
 post_bulk_create = Signal()
 """Sent by ``MasterManager.bulk_create``: ``sender`` model, ``instances``, ``using``."""
@@ -37,6 +40,7 @@ class MasterSignals:
         """Connect ``post_save``, ``post_delete`` and the two bulk signals of ``model_cls``."""
         uid = f'dj_cqrs.{model_cls._meta.label}'
         signals.post_save.connect(cls.post_save, sender=model_cls, dispatch_uid=uid)
+        signals.pre_delete.connect(cls.pre_delete, sender=model_cls, dispatch_uid=uid)
         signals.post_delete.connect(cls.post_delete, sender=model_cls, dispatch_uid=uid)
         post_bulk_create.connect(cls.post_bulk_create, sender=model_cls, dispatch_uid=uid)
         post_update.connect(cls.post_bulk_update, sender=model_cls, dispatch_uid=uid)
@@ -66,16 +70,23 @@ class MasterSignals:
         )
 
     @staticmethod
-    def post_delete(sender: type, **kwargs: Any) -> None:
-        """Publish a DELETE once the transaction commits."""
+    def pre_delete(sender: type, **kwargs: Any) -> None:
+        """Read the stored revision of a row about to be deleted, if it is an expression."""
         instance = kwargs['instance']
+        if isinstance(instance.cqrs_revision, Combinable):
+            instance.refresh_from_db(using=kwargs.get('using'), fields=['cqrs_revision'])
+
+    @staticmethod
+    def post_delete(sender: type, **kwargs: Any) -> None:
+        """Publish a DELETE once the transaction commits (it replaces a pending SAVE)."""
+        instance = kwargs['instance']
+        instance.__dict__[_DELETED_ATTR] = True
         if not (sender.CQRS_PRODUCE and instance.is_sync_instance()):
             return
         using = kwargs.get('using') or router.db_for_write(sender, instance=instance)
-        revision = instance.cqrs_revision
         instance_data = {
             'id': get_json_valid_value(instance.pk),
-            'cqrs_revision': (revision if isinstance(revision, int) else 0) + 1,
+            'cqrs_revision': instance.cqrs_revision + 1,
             'cqrs_updated': str(timezone.now()),
         }
         custom = instance.get_custom_cqrs_delete_data()
@@ -123,6 +134,8 @@ def _build_payload(
 
 
 def _produce_save(model_cls: type, instance: Any, using: str, sync: bool, queue: str | None):
+    if instance.__dict__.get(_DELETED_ATTR):
+        return
     signal_type = SignalType.SYNC if sync else SignalType.SAVE
     try:
         instance_data = instance.to_cqrs_dict(using, sync=sync)
