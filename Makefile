@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest venv clean
+.PHONY: demo test lint pytest services venv clean
 
 venv: $(STAMP)
 
@@ -23,8 +23,11 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-pytest: venv
-	$(PY) -m pytest --cov=dj_cqrs --cov-report=term
+services:
+	scripts/services.sh up
+
+pytest: venv services
+	$(PY) -m pytest --cov=dj_cqrs --cov-report=term; rc=$$?; scripts/services.sh down; exit $$rc
 
 test: lint pytest
 

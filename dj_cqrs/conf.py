@@ -33,6 +33,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     'exchange': constants.DEFAULT_EXCHANGE,
     'queue': None,
     'consumer_prefetch_count': constants.DEFAULT_CONSUMER_PREFETCH_COUNT,
+    'publisher_confirms': True,
 }
 
 MASTER_DEFAULTS: dict[str, Any] = {
@@ -75,7 +76,11 @@ _STRINGS = {
     ('replica', 'dead_letter_queue'),
     ('replica', 'CQRS_QUERY_LOGGER'),
 }
-_BOOLEANS = {('master', 'CQRS_AUTO_UPDATE_FIELDS'), ('replica', 'CQRS_LOG_TIMED_OUT_QUERIES')}
+_BOOLEANS = {
+    (None, 'publisher_confirms'),
+    ('master', 'CQRS_AUTO_UPDATE_FIELDS'),
+    ('replica', 'CQRS_LOG_TIMED_OUT_QUERIES'),
+}
 _CALLABLES = {('master', 'correlation_function'), ('master', 'meta_function')}
 _ALIASES = {('replica', 'CQRS_DELAY_QUEUE_MAX_SIZE'): 'delay_queue_max_size'}
 

@@ -63,16 +63,20 @@ def route_signal_to_replica_model(
     if model_cls.CQRS_NO_DB_OPERATIONS:
         return _apply(model_cls, signal_type, instance_data, previous_data, meta)
 
-    close_old_connections()
     using = router.db_for_write(model_cls)
+    if not connections[using].in_atomic_block:
+        close_old_connections()
     try:
-        with transaction.atomic(using=using, savepoint=False):
+        with transaction.atomic(using=using):
             _apply_query_timeout(using)
-            return _apply(model_cls, signal_type, instance_data, previous_data, meta)
+            try:
+                return _apply(model_cls, signal_type, instance_data, previous_data, meta)
+            except Exception as exc:
+                log_timed_out_queries(exc, using)
+                raise
     except Exception as exc:
         pk = instance_data.get('id', instance_data.get(model_cls._meta.pk.name))
         logger.error('CQRS %s error: pk = %s (%s): %s', signal_type, pk, cqrs_id, exc)
-        log_timed_out_queries(exc, using)
         raise
 
 

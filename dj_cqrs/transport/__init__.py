@@ -7,6 +7,8 @@ from typing import Any
 from django.utils.module_loading import import_string
 
 from dj_cqrs.transport.base import BaseTransport
+from dj_cqrs.transport.kombu import KombuTransport
+from dj_cqrs.transport.rabbit_mq import RabbitMQTransport
 
 
 class _CurrentTransport:
@@ -34,4 +36,4 @@ class _CurrentTransport:
 
 current_transport = _CurrentTransport()
 
-__all__ = ['BaseTransport', 'current_transport']
+__all__ = ['BaseTransport', 'KombuTransport', 'RabbitMQTransport', 'current_transport']

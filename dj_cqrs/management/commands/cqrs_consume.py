@@ -1,0 +1,67 @@
+"""``manage.py cqrs_consume``: run the replica's consumer workers."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from dj_cqrs.management._supervisor import Supervisor
+from dj_cqrs.registries import ReplicaRegistry
+
+
+class Command(BaseCommand):
+    help = 'Start CQRS consumer worker processes applying master changes to replica models.'
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            '--workers', '-w', type=int, default=1, help='Number of worker processes (1).'
+        )
+        parser.add_argument(
+            '--cqrs-id',
+            '-cid',
+            nargs='*',
+            action='extend',
+            default=None,
+            help='Consume only these CQRS_IDs (default: every replica model).',
+        )
+        parser.add_argument(
+            '--reload',
+            '-r',
+            action='store_true',
+            help='Restart the workers when a .py file changes (and on SIGHUP).',
+        )
+        parser.add_argument(
+            '--ignore-paths',
+            default='',
+            help='Comma-separated paths whose changes do not trigger a reload.',
+        )
+        parser.add_argument(
+            '--sigint-timeout',
+            type=float,
+            default=5,
+            help='Seconds a stopping worker gets to finish its message before SIGKILL (5).',
+        )
+        parser.add_argument(
+            '--sigkill-timeout',
+            type=float,
+            default=1,
+            help='Seconds to wait for a worker after SIGKILL (1).',
+        )
+
+    def handle(self, *args, **options):
+        workers = options['workers']
+        if workers < 1:
+            raise CommandError(f'--workers must be at least 1, not {workers}.')
+        cqrs_ids = options['cqrs_id'] or None
+        if not ReplicaRegistry.models:
+            raise CommandError('This service has no replica models to consume for.')
+        if cqrs_ids:
+            unknown = sorted(set(cqrs_ids) - set(ReplicaRegistry.models))
+            if unknown:
+                raise CommandError(f'Unknown replica CQRS_ID: {", ".join(unknown)}.')
+        ignore_paths = [p.strip() for p in options['ignore_paths'].split(',') if p.strip()]
+        Supervisor(
+            workers,
+            cqrs_ids=cqrs_ids,
+            watch=options['reload'],
+            ignore_paths=ignore_paths,
+            sigint_timeout=options['sigint_timeout'],
+            sigkill_timeout=options['sigkill_timeout'],
+        ).run()

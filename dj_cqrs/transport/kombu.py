@@ -1,0 +1,229 @@
+"""Kombu transport: the same exchange, queues, routing keys and bodies over any Kombu broker URL
+(``amqp://``, ``redis://``, ...), with the retry / delay / dead-letter lifecycle of the RabbitMQ
+transport."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import kombu
+import ujson
+
+from dj_cqrs._logging import logger
+from dj_cqrs.conf import cqrs_settings
+from dj_cqrs.dataclasses import TransportPayload
+from dj_cqrs.transport._consuming import Delivery, Worker
+from dj_cqrs.transport._lifecycle import StopFlag, replica_bindings
+from dj_cqrs.transport.base import BaseTransport
+from dj_cqrs.transport.mixins import LoggingMixin
+from dj_cqrs.transport.rabbit_mq import produced_routing_key
+
+
+def _connection() -> kombu.Connection:
+    transport_options = {'confirm_publish': bool(cqrs_settings.publisher_confirms)}
+    return kombu.Connection(cqrs_settings.url, transport_options=transport_options)
+
+
+def _location(connection: kombu.Connection) -> str:
+    """The broker URL with the password masked."""
+    return connection.as_uri(include_password=False)
+
+
+def _exchange() -> kombu.Exchange:
+    return kombu.Exchange(cqrs_settings.exchange, type='topic', durable=True)
+
+
+def _publish_kwargs(expiration: str | None = None) -> dict:
+    kwargs = {
+        'delivery_mode': 2,
+        'content_type': 'text/plain',
+        'content_encoding': 'utf-8',
+    }
+    if expiration is not None:
+        kwargs['expiration'] = int(expiration) / 1000
+    return kwargs
+
+
+class _KombuPublisher:
+    """One connection and producer per process, reopened after ``fork()`` or an error."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._pid: int | None = None
+        self._connection: kombu.Connection | None = None
+        self._producer: kombu.Producer | None = None
+        self.connections_opened = 0
+
+    def publish(self, routing_key: str, body: str) -> None:
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    producer = self._ensure_open()
+                    producer.publish(
+                        body, exchange=_exchange(), routing_key=routing_key, **_publish_kwargs()
+                    )
+                    return
+                except Exception as exc:
+                    errors = self._errors()
+                    if attempt == 2 or not isinstance(exc, errors):
+                        raise
+                    self.close()
+
+    def _errors(self) -> tuple:
+        connection = self._connection or _connection()
+        return (*connection.connection_errors, *connection.channel_errors, OSError)
+
+    def _ensure_open(self) -> kombu.Producer:
+        if self._pid != os.getpid():
+            self._connection = self._producer = None
+            self._pid = os.getpid()
+        if self._producer is None:
+            self._connection = _connection()
+            self._connection.ensure_connection(max_retries=1)
+            self.connections_opened += 1
+            self._producer = kombu.Producer(self._connection.channel())
+            _exchange()(self._producer.channel).declare()
+        return self._producer
+
+    def close(self) -> None:
+        with self._lock:
+            connection, self._connection, self._producer = self._connection, None, None
+            if connection is not None and self._pid == os.getpid():
+                try:
+                    connection.release()
+                except Exception:
+                    pass
+
+
+class KombuTransport(LoggingMixin, BaseTransport):
+    """Transport over any Kombu broker URL."""
+
+    CONSUMER_RETRY_TIMEOUT = 1
+    MAX_RECONNECT_DELAY = 30
+
+    _publisher = _KombuPublisher()
+    _stop = StopFlag()
+
+    @classmethod
+    def produce(cls, payload: TransportPayload) -> bool:
+        """Publish one payload; False (logged) when the broker cannot be reached."""
+        routing_key = produced_routing_key(payload)
+        try:
+            cls._publisher.publish(routing_key, ujson.dumps(payload.to_dict()))
+        except Exception as exc:
+            logger.error(
+                'CQRS %s is not published: pk = %s (%s), correlation_id = %s: %s.',
+                payload.signal_type,
+                payload.pk,
+                payload.cqrs_id,
+                payload.correlation_id,
+                type(exc).__name__,
+            )
+            return False
+        cls.log_produced(payload)
+        return True
+
+    @classmethod
+    def clean_connection(cls, *args: Any, **kwargs: Any) -> None:
+        cls._publisher.close()
+
+    @classmethod
+    def connections_opened(cls) -> int:
+        return cls._publisher.connections_opened
+
+    @classmethod
+    def stop(cls) -> None:
+        cls._stop.set()
+
+    @classmethod
+    def consume(cls, cqrs_ids: Iterable[str] | None = None, **kwargs: Any) -> None:
+        """Consume the replica queue until SIGTERM / SIGINT, reconnecting after broker loss."""
+        cls._stop.install()
+        delay = cls.CONSUMER_RETRY_TIMEOUT
+        while not cls._stop.is_set():
+            connection = _connection()
+            try:
+                connection.ensure_connection(max_retries=1)
+            except Exception as exc:
+                logger.error(
+                    'CQRS consumer cannot connect to %s (%s); retrying in %s s.',
+                    _location(connection),
+                    type(exc).__name__,
+                    delay,
+                )
+                connection.release()
+                cls._stop.wait(delay)
+                delay = min(delay * 2, cls.MAX_RECONNECT_DELAY)
+                continue
+            delay = cls.CONSUMER_RETRY_TIMEOUT
+            try:
+                cls._consume_on(connection, cqrs_ids)
+            except (*connection.connection_errors, *connection.channel_errors, OSError) as exc:
+                logger.error(
+                    'CQRS consumer lost the connection to %s (%s); reconnecting.',
+                    _location(connection),
+                    type(exc).__name__,
+                )
+                cls._stop.wait(delay)
+            finally:
+                try:
+                    connection.release()
+                except Exception:
+                    pass
+
+    @classmethod
+    def _queues(cls, cqrs_ids: Any) -> tuple[kombu.Queue, kombu.Queue]:
+        exchange = _exchange()
+        queue_name = cqrs_settings.queue
+        bindings: dict[str, list] = {}
+        for name, routing_key in replica_bindings(cqrs_ids):
+            bindings.setdefault(name, []).append(kombu.binding(exchange, routing_key=routing_key))
+        dead_letter_name = cqrs_settings.replica.dead_letter_queue
+        queue = kombu.Queue(queue_name, exchange, durable=True, bindings=bindings[queue_name])
+        dead = kombu.Queue(
+            dead_letter_name, exchange, durable=True, bindings=bindings[dead_letter_name]
+        )
+        return queue, dead
+
+    @classmethod
+    def _consume_on(cls, connection: kombu.Connection, cqrs_ids: Any) -> None:
+        channel = connection.channel()
+        queue, dead = cls._queues(cqrs_ids)
+        queue(channel).declare()
+        dead(channel).declare()
+        producer = kombu.Producer(connection.channel(), exchange=_exchange())
+        inbox: list[Delivery] = []
+
+        def on_message(message: Any) -> None:
+            routing_key = message.delivery_info.get('routing_key', '')
+            inbox.append(Delivery(message.body, routing_key, message))
+
+        def publish(routing_key: str, body: str, expiration: str | None) -> None:
+            producer.publish(body, routing_key=routing_key, **_publish_kwargs(expiration))
+
+        worker = Worker(
+            cls,
+            cqrs_settings.queue,
+            ack=lambda d: d.handle.ack(),
+            reject=lambda d: d.handle.reject(requeue=False),
+            publish=publish,
+        )
+        consumer = kombu.Consumer(channel, queues=[queue], on_message=on_message, no_ack=False)
+        consumer.qos(prefetch_count=cqrs_settings.consumer_prefetch_count)
+        consumer.consume()
+        logger.info('CQRS consumer is ready: queue %s at %s.', queue.name, _location(connection))
+        while not cls._stop.is_set():
+            wait = worker.seconds_to_next_due()
+            try:
+                connection.drain_events(timeout=0.5 if wait is None else max(min(wait, 0.5), 0.01))
+            except TimeoutError:
+                pass
+            while inbox:
+                batch = inbox[:]
+                inbox.clear()
+                worker.handle_batch(batch)
+            worker.process_due()
+        consumer.cancel()

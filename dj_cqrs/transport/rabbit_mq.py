@@ -1,0 +1,371 @@
+"""RabbitMQ transport built on pika.
+
+Publishing goes through one long-lived connection per process (``_Publisher``); consuming runs
+a blocking loop per worker process with manual acks, retries and dead letters
+(``dj_cqrs.transport._consuming``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pika
+import ujson
+from pika import exceptions as pika_exceptions
+
+from dj_cqrs._logging import logger
+from dj_cqrs.conf import cqrs_settings
+from dj_cqrs.constants import SignalType
+from dj_cqrs.dataclasses import TransportPayload
+from dj_cqrs.transport._consuming import Delivery, Worker
+from dj_cqrs.transport._lifecycle import StopFlag, replica_bindings
+from dj_cqrs.transport.base import BaseTransport
+from dj_cqrs.transport.mixins import LoggingMixin
+
+_CONNECTION_ERRORS = (
+    pika_exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    AttributeError,
+)
+_MAX_UNCONFIRMED = 10000
+
+
+def connection_parameters() -> pika.ConnectionParameters:
+    """Connection parameters from ``settings.CQRS``: ``url``, or host/port/user/password."""
+    if cqrs_settings.url:
+        return pika.URLParameters(cqrs_settings.url)
+    return pika.ConnectionParameters(
+        host=cqrs_settings.host or 'localhost',
+        port=cqrs_settings.port or 5672,
+        credentials=pika.PlainCredentials(
+            cqrs_settings.user or 'guest', cqrs_settings.password or 'guest'
+        ),
+    )
+
+
+def broker_location(params: pika.ConnectionParameters | None = None) -> str:
+    """``host:port/vhost`` of the broker, safe to log (never the credentials)."""
+    params = params or connection_parameters()
+    return f'{params.host}:{params.port}/{params.virtual_host}'
+
+
+def message_properties(expiration: str | None = None) -> pika.BasicProperties:
+    return pika.BasicProperties(content_type='text/plain', delivery_mode=2, expiration=expiration)
+
+
+def produced_routing_key(payload: TransportPayload) -> str:
+    """``<cqrs_id>``, or ``cqrs.<queue>.<cqrs_id>`` for a SYNC addressed to one queue."""
+    if payload.signal_type == SignalType.SYNC and payload.queue:
+        return f'cqrs.{payload.queue}.{payload.cqrs_id}'
+    return payload.cqrs_id
+
+
+class _Publisher:
+    """The process's publishing connection and channel.
+
+    Opened on first use and reused; reopened after ``fork()`` or any connection or channel
+    error. With publisher confirms, each message is kept until the broker confirms it and is
+    published again on the next connection if the old one broke first; publishing does not
+    wait for the confirm (``flush()`` does).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._pid: int | None = None
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._unconfirmed: dict[int, tuple[str, str, bytes, Any]] = {}
+        self._nacked: list[tuple[str, str, bytes, Any]] = []
+        self._next_tag = 0
+        self._confirms = False
+        self.connections_opened = 0
+        atexit.register(self._flush_at_exit)
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, properties: Any) -> None:
+        """Publish one message, retrying once on a fresh connection."""
+        with self._lock:
+            try:
+                self._publish_once(exchange, routing_key, body, properties)
+            except _CONNECTION_ERRORS as exc:
+                logger.warning(
+                    'CQRS publish to %s failed (%s), retrying on a new connection.',
+                    broker_location(),
+                    type(exc).__name__,
+                )
+                self._drop()
+                self._publish_once(exchange, routing_key, body, properties)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the broker confirmed every message published so far."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._unconfirmed or self._nacked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    self._ensure_open()
+                    self._connection.process_data_events(time_limit=min(remaining, 0.05))
+                    self._republish_nacked()
+                except _CONNECTION_ERRORS:
+                    self._drop()
+                    time.sleep(min(0.2, max(remaining, 0)))
+            return True
+
+    def close(self) -> None:
+        """Close the connection (messages not yet confirmed are kept for the next one)."""
+        with self._lock:
+            if self._pid == os.getpid() and self._connection is not None:
+                try:
+                    if self._connection.is_open:
+                        self._connection.close()
+                except _CONNECTION_ERRORS:
+                    pass
+            self._connection = self._channel = None
+
+    @property
+    def unconfirmed_count(self) -> int:
+        return len(self._unconfirmed) + len(self._nacked)
+
+    def _publish_once(self, exchange: str, routing_key: str, body: bytes, properties: Any):
+        self._ensure_open()
+        self._basic_publish((exchange, routing_key, body, properties))
+        self._connection.process_data_events(time_limit=0)
+        self._republish_nacked()
+        if len(self._unconfirmed) > _MAX_UNCONFIRMED:
+            self.flush()
+
+    def _basic_publish(self, message: tuple[str, str, bytes, Any]) -> None:
+        exchange, routing_key, body, properties = message
+        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+        if self._confirms:
+            self._next_tag += 1
+            self._unconfirmed[self._next_tag] = message
+
+    def _ensure_open(self) -> None:
+        if self._pid != os.getpid():
+            self._connection = self._channel = None
+            self._unconfirmed.clear()
+            self._nacked.clear()
+            self._pid = os.getpid()
+        if (
+            self._connection is not None
+            and self._connection.is_open
+            and self._channel is not None
+            and self._channel.is_open
+        ):
+            return
+        self._drop()
+        params = connection_parameters()
+        self._connection = pika.BlockingConnection(params)
+        self.connections_opened += 1
+        channel = self._connection.channel()
+        channel.exchange_declare(cqrs_settings.exchange, 'topic', durable=True)
+        channel.add_on_return_callback(self._on_return)
+        self._confirms = bool(cqrs_settings.publisher_confirms)
+        if self._confirms:
+            channel._impl.confirm_delivery(ack_nack_callback=self._on_confirm)
+        self._channel = channel
+        self._next_tag = 0
+        pending = list(self._unconfirmed.values())
+        self._unconfirmed.clear()
+        for message in pending:
+            self._basic_publish(message)
+
+    def _drop(self) -> None:
+        """Forget a broken connection; unconfirmed messages wait for the next one."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and self._pid == os.getpid():
+            try:
+                if connection.is_open:
+                    connection.close()
+            except Exception:
+                pass
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tags = (
+            [tag for tag in self._unconfirmed if tag <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        nack = isinstance(method, pika.spec.Basic.Nack)
+        for tag in tags:
+            message = self._unconfirmed.pop(tag, None)
+            if nack and message is not None:
+                logger.error(
+                    'CQRS message was refused by the broker (routing key %s); publishing again.',
+                    message[1],
+                )
+                self._nacked.append(message)
+
+    def _republish_nacked(self) -> None:
+        while self._nacked:
+            self._basic_publish(self._nacked.pop(0))
+
+    @staticmethod
+    def _on_return(channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        logger.warning(
+            'CQRS message was returned by the broker: %s %s (exchange %s, routing key %s); '
+            'no queue is bound to it.',
+            method.reply_code,
+            method.reply_text,
+            method.exchange,
+            method.routing_key,
+        )
+
+    def _flush_at_exit(self) -> None:
+        if self._pid == os.getpid() and self._unconfirmed and not self.flush(timeout=5):
+            logger.error(
+                'CQRS: %s published messages were not confirmed by the broker at exit.',
+                self.unconfirmed_count,
+            )
+        self.close()
+
+
+class RabbitMQTransport(LoggingMixin, BaseTransport):
+    """Transport over RabbitMQ (AMQP 0-9-1) with pika."""
+
+    CONSUMER_RETRY_TIMEOUT = 1
+    MAX_RECONNECT_DELAY = 30
+
+    _publisher = _Publisher()
+    _stop = StopFlag()
+
+    @classmethod
+    def produce(cls, payload: TransportPayload) -> bool:
+        """Publish one payload; False (logged) when the broker cannot be reached."""
+        routing_key = produced_routing_key(payload)
+        body = ujson.dumps(payload.to_dict()).encode()
+        try:
+            cls._publisher.publish(cqrs_settings.exchange, routing_key, body, message_properties())
+        except _CONNECTION_ERRORS as exc:
+            logger.error(
+                'CQRS %s is not published: pk = %s (%s), correlation_id = %s: broker %s: %s.',
+                payload.signal_type,
+                payload.pk,
+                payload.cqrs_id,
+                payload.correlation_id,
+                broker_location(),
+                type(exc).__name__,
+            )
+            return False
+        cls.log_produced(payload)
+        return True
+
+    @classmethod
+    def flush(cls, timeout: float = 10.0) -> bool:
+        """Wait until the broker confirmed every message this process published."""
+        return cls._publisher.flush(timeout)
+
+    @classmethod
+    def clean_connection(cls, *args: Any, **kwargs: Any) -> None:
+        """Close this process's publishing connection."""
+        cls._publisher.close()
+
+    @classmethod
+    def connections_opened(cls) -> int:
+        """How many publishing connections this process has opened."""
+        return cls._publisher.connections_opened
+
+    @classmethod
+    def stop(cls) -> None:
+        """Ask a running ``consume()`` loop to stop after the message in hand."""
+        cls._stop.set()
+
+    @classmethod
+    def consume(cls, cqrs_ids: Iterable[str] | None = None, **kwargs: Any) -> None:
+        """Consume the replica queue until SIGTERM / SIGINT, reconnecting after broker loss."""
+        cls._stop.install()
+        delay = cls.CONSUMER_RETRY_TIMEOUT
+        while not cls._stop.is_set():
+            params = connection_parameters()
+            try:
+                connection = pika.BlockingConnection(params)
+            except _CONNECTION_ERRORS as exc:
+                logger.error(
+                    'CQRS consumer cannot connect to %s (%s); retrying in %s s.',
+                    broker_location(params),
+                    type(exc).__name__,
+                    delay,
+                )
+                cls._stop.wait(delay)
+                delay = min(delay * 2, cls.MAX_RECONNECT_DELAY)
+                continue
+            delay = cls.CONSUMER_RETRY_TIMEOUT
+            try:
+                cls._consume_on(connection, cqrs_ids)
+            except _CONNECTION_ERRORS as exc:
+                logger.error(
+                    'CQRS consumer lost the connection to %s (%s); reconnecting.',
+                    broker_location(params),
+                    type(exc).__name__,
+                )
+                cls._stop.wait(delay)
+            finally:
+                try:
+                    if connection.is_open:
+                        connection.close()
+                except Exception:
+                    pass
+
+    @classmethod
+    def _consume_on(cls, connection: pika.BlockingConnection, cqrs_ids: Any) -> None:
+        queue = cqrs_settings.queue
+        exchange = cqrs_settings.exchange
+        channel = connection.channel()
+        cls.declare_replica_topology(channel, cqrs_ids)
+        from dj_cqrs.utils import get_messages_prefetch_count_per_worker
+
+        channel.basic_qos(prefetch_count=get_messages_prefetch_count_per_worker())
+        publish_channel = connection.channel()
+        publish_channel.confirm_delivery()
+
+        inbox: list[Delivery] = []
+
+        def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            inbox.append(Delivery(body, method.routing_key, method.delivery_tag))
+
+        def publish(routing_key: str, body: str, expiration: str | None) -> None:
+            try:
+                publish_channel.basic_publish(
+                    exchange, routing_key, body.encode(), message_properties(expiration)
+                )
+            except pika_exceptions.UnroutableError:
+                logger.error('CQRS message to %s could not be routed.', routing_key)
+
+        worker = Worker(
+            cls,
+            queue,
+            ack=lambda d: channel.basic_ack(d.handle),
+            reject=lambda d: channel.basic_reject(d.handle, requeue=False),
+            publish=publish,
+        )
+        channel.basic_consume(queue, on_message, auto_ack=False)
+        logger.info('CQRS consumer is ready: queue %s at %s.', queue, broker_location())
+        while not cls._stop.is_set():
+            wait = worker.seconds_to_next_due()
+            connection.process_data_events(time_limit=0.5 if wait is None else min(wait, 0.5))
+            while inbox:
+                batch = inbox[:]
+                inbox.clear()
+                worker.handle_batch(batch)
+            worker.process_due()
+
+    @classmethod
+    def declare_replica_topology(cls, channel: Any, cqrs_ids: Iterable[str] | None = None):
+        """Declare the exchange, the replica queue, the dead-letter queue and their bindings."""
+        exchange = cqrs_settings.exchange
+        queue = cqrs_settings.queue
+        dead_letter_queue = cqrs_settings.replica.dead_letter_queue
+        channel.exchange_declare(exchange, 'topic', durable=True)
+        channel.queue_declare(queue, durable=True)
+        channel.queue_declare(dead_letter_queue, durable=True)
+        for queue_name, routing_key in replica_bindings(cqrs_ids):
+            channel.queue_bind(queue_name, exchange, routing_key)

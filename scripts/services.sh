@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Start or stop the servers the test suite and the demo need.
+#   scripts/services.sh up [rabbitmq] [redis]   start what is not reachable yet
+#   scripts/services.sh down                    stop only what `up` started
+# Missing Debian packages are installed when run as root; otherwise the servers must already
+# be running (the script says which one is missing).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+RUN_DIR="$PWD/.run"
+mkdir -p "$RUN_DIR"
+export RABBITMQ_NODENAME=${RABBITMQ_NODENAME:-rabbit@localhost}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+ensure_packages() {
+  local missing=()
+  for spec in "$@"; do
+    local cmd=${spec%%:*} pkg=${spec##*:}
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "services: ${missing[*]} not installed and not reachable; install them (apt-get install ${missing[*]}) or start the servers yourself." >&2
+    exit 1
+  fi
+  echo "services: installing ${missing[*]}" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 240); do port_open "$port" && return 0; sleep 0.5; done
+  echo "services: $name did not open port $port" >&2
+  exit 1
+}
+
+rabbitmq_up() {
+  if port_open 5672; then return 0; fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "services: no RabbitMQ on 127.0.0.1:5672; start one (as root: scripts/services.sh up)." >&2
+    exit 1
+  fi
+  ensure_packages rabbitmq-server:rabbitmq-server
+  echo "services: starting rabbitmq-server" >&2
+  nohup rabbitmq-server >"$RUN_DIR/rabbitmq.log" 2>&1 &
+  echo started >"$RUN_DIR/rabbitmq.started"
+  timeout 180 rabbitmqctl -q await_startup >/dev/null 2>&1 || {
+    echo "services: rabbitmq-server did not start; see $RUN_DIR/rabbitmq.log" >&2
+    tail -n 20 "$RUN_DIR/rabbitmq.log" >&2
+    exit 1
+  }
+  wait_port 5672 rabbitmq-server
+}
+
+rabbitmq_down() {
+  [ -f "$RUN_DIR/rabbitmq.started" ] || return 0
+  rabbitmqctl -q stop >/dev/null 2>&1 || true
+  rm -f "$RUN_DIR/rabbitmq.started"
+}
+
+redis_up() {
+  if port_open 6379; then return 0; fi
+  ensure_packages redis-server:redis-server
+  echo "services: starting redis-server" >&2
+  redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --pidfile "$RUN_DIR/redis.pid" --logfile "$RUN_DIR/redis.log" --dir "$RUN_DIR"
+  echo started >"$RUN_DIR/redis.started"
+  wait_port 6379 redis-server
+}
+
+redis_down() {
+  [ -f "$RUN_DIR/redis.started" ] || return 0
+  [ -f "$RUN_DIR/redis.pid" ] && kill "$(cat "$RUN_DIR/redis.pid")" 2>/dev/null || true
+  rm -f "$RUN_DIR/redis.started" "$RUN_DIR/redis.pid"
+}
+
+action=${1:-up}
+shift || true
+services=("$@")
+[ ${#services[@]} -eq 0 ] && services=(rabbitmq redis)
+
+case "$action" in
+  up)
+    wanted=()
+    for s in "${services[@]}"; do
+      case "$s" in
+        rabbitmq) port_open 5672 || wanted+=(rabbitmq-server:rabbitmq-server) ;;
+        redis) port_open 6379 || wanted+=(redis-server:redis-server) ;;
+      esac
+    done
+    [ "$(id -u)" = 0 ] && [ ${#wanted[@]} -gt 0 ] && ensure_packages "${wanted[@]}"
+    for s in "${services[@]}"; do "${s}_up"; done
+    ;;
+  down)
+    for s in "${services[@]}"; do "${s}_down"; done
+    ;;
+  *)
+    echo "usage: $0 up|down [rabbitmq] [redis]" >&2
+    exit 2
+    ;;
+esac

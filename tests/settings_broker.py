@@ -1,0 +1,54 @@
+"""Settings of a replica (or master) service process started by the broker tests.
+
+The database file, broker URL, transport, exchange and queue come from the environment so
+each test gets services of its own on a shared broker.
+"""
+
+import os
+
+import django
+
+from tests.settings import *  # noqa: F403
+
+_DB = os.environ.get('CQRS_TEST_DB', '/tmp/cqrs-broker-test.sqlite3')
+
+DATABASES = {
+    'default': {
+        'ENGINE': 'django.db.backends.sqlite3',
+        'NAME': _DB,
+        'TEST': {'NAME': _DB},
+        'OPTIONS': {'timeout': 30},
+    },
+}
+if django.VERSION >= (5, 1):
+    DATABASES['default']['OPTIONS'].update(
+        transaction_mode='IMMEDIATE', init_command='PRAGMA journal_mode=WAL;'
+    )
+
+CQRS = {
+    'transport': os.environ.get('CQRS_TEST_TRANSPORT', 'dj_cqrs.transport.RabbitMQTransport'),
+    'url': os.environ.get('CQRS_TEST_URL', 'amqp://guest:guest@127.0.0.1:5672/%2F'),
+    'exchange': os.environ.get('CQRS_TEST_EXCHANGE', 'cqrs_test'),
+    'queue': os.environ.get('CQRS_TEST_QUEUE', 'replica'),
+    'consumer_prefetch_count': 50,
+    'master': {'CQRS_MESSAGE_TTL': 3600},
+    'replica': {
+        'CQRS_MAX_RETRIES': int(os.environ.get('CQRS_TEST_MAX_RETRIES', '3')),
+        'CQRS_RETRY_DELAY': float(os.environ.get('CQRS_TEST_RETRY_DELAY', '0.2')),
+        'delay_queue_max_size': int(os.environ.get('CQRS_TEST_DELAY_QUEUE', '1000')),
+    },
+}
+
+LOGGING = {
+    'version': 1,
+    'disable_existing_loggers': False,
+    'formatters': {'plain': {'format': '%(asctime)s %(process)d %(levelname)s %(message)s'}},
+    'handlers': {'stderr': {'class': 'logging.StreamHandler', 'formatter': 'plain'}},
+    'loggers': {
+        'django-cqrs': {
+            'level': os.environ.get('CQRS_TEST_LOG_LEVEL', 'WARNING'),
+            'handlers': ['stderr'],
+            'propagate': False,
+        }
+    },
+}
