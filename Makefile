@@ -22,6 +22,7 @@ $(STAMP): requirements/base.txt requirements/test.txt requirements/docs.txt pypr
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mkdocs build --strict -q -d .run/site
 
 services:
 	scripts/services.sh up
