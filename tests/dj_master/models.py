@@ -144,3 +144,14 @@ class TreeModel(MPTTModel, RawMasterMixin):
 
 
 MasterMeta.register(TreeModel)
+
+
+class FlakyModel(MasterMixin):
+    """Its replica fails ``fail_times`` attempts (or every attempt) before applying."""
+
+    CQRS_ID = 'flaky'
+
+    id = models.IntegerField(primary_key=True)
+    name = models.CharField(max_length=200)
+    fail_times = models.IntegerField(default=0)
+    always_fail = models.BooleanField(default=False)

@@ -234,3 +234,31 @@ class RawReplica(RawReplicaMixin):
 
 
 ReplicaMeta.register(RawReplica)
+
+
+class FlakyAttempt(models.Model):
+    """How many times the flaky replica was asked to apply each pk."""
+
+    id = models.IntegerField(primary_key=True)
+    attempts = models.IntegerField(default=0)
+
+
+class FlakyReplica(ReplicaMixin):
+    """Fails (falsy result) ``fail_times`` times per pk, or always, then applies."""
+
+    CQRS_ID = 'flaky'
+
+    id = models.IntegerField(primary_key=True)
+    name = models.CharField(max_length=200)
+    fail_times = models.IntegerField(default=0)
+    always_fail = models.BooleanField(default=False)
+
+    @classmethod
+    def cqrs_save(cls, master_data, previous_data=None, sync=False, meta=None):
+        attempt, _ = FlakyAttempt.objects.get_or_create(id=master_data['id'])
+        attempt.attempts = models.F('attempts') + 1
+        attempt.save()
+        attempt.refresh_from_db()
+        if master_data.get('always_fail') or attempt.attempts <= master_data.get('fail_times', 0):
+            return None
+        return super().cqrs_save(master_data, previous_data, sync, meta)
