@@ -1,0 +1,259 @@
+"""Benchmark of django-cqrs publishing and consuming over a local RabbitMQ.
+
+    python -m bench.run [--n 3000] [--transport-only]
+
+Starts what it needs (``scripts/services.sh up rabbitmq``), uses SQLite files in a temporary
+directory and prints one JSON line with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup(tmp: Path) -> dict[str, str]:
+    subprocess.run([str(ROOT / 'scripts' / 'services.sh'), 'up', 'rabbitmq'], check=True)
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        'BENCH_EXCHANGE': f'cqrs_bench_{suffix}',
+        'BENCH_QUEUE': f'bench_replica_{suffix}',
+        'DJANGO_SETTINGS_MODULE': 'bench.settings',
+        'PYTHONPATH': str(ROOT),
+    }
+    os.environ.update(env, BENCH_DB=str(tmp / 'master.sqlite3'))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command('migrate', run_syncdb=True, verbosity=0)
+    replica_env = {**os.environ, **env, 'BENCH_DB': str(tmp / 'replica.sqlite3')}
+    subprocess.run(
+        [sys.executable, '-m', 'django', 'migrate', '--run-syncdb', '-v', '0'],
+        env=replica_env,
+        cwd=ROOT,
+        check=True,
+    )
+    return replica_env
+
+
+def _channel():
+    import pika
+
+    from dj_cqrs.transport.rabbit_mq import connection_parameters
+
+    connection = pika.BlockingConnection(connection_parameters())
+    return connection, connection.channel()
+
+
+def _declare_and_purge() -> None:
+    from dj_cqrs.conf import cqrs_settings
+    from dj_cqrs.transport import RabbitMQTransport
+
+    connection, channel = _channel()
+    RabbitMQTransport.declare_replica_topology(channel)
+    channel.queue_purge(cqrs_settings.queue)
+    connection.close()
+
+
+def _queue_state() -> tuple[int, int]:
+    from dj_cqrs.conf import cqrs_settings
+
+    connection, channel = _channel()
+    method = channel.queue_declare(cqrs_settings.queue, passive=True).method
+    connection.close()
+    return method.message_count, method.consumer_count
+
+
+def _replica_count(db: str, min_id: int = 0) -> int:
+    import sqlite3
+
+    connection = sqlite3.connect(db, timeout=30)
+    try:
+        return connection.execute(
+            'SELECT COUNT(*) FROM benchapp_benchreplica WHERE id >= ?', (min_id,)
+        ).fetchone()[0]
+    finally:
+        connection.close()
+
+
+def _clear_replica(db: str) -> None:
+    import sqlite3
+
+    connection = sqlite3.connect(db, timeout=30)
+    connection.execute('DELETE FROM benchapp_benchreplica')
+    connection.commit()
+    connection.close()
+
+
+def _start_consumer(replica_env: dict[str, str], workers: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'django', 'cqrs_consume', '-w', str(workers)],
+        env=replica_env,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while _queue_state()[1] < workers:
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError('the consumer did not start')
+        time.sleep(0.01)
+    return process
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(30)
+
+
+def bench_autocommit(n: int) -> dict:
+    from bench.benchapp.models import BenchMaster, BenchPlain
+    from dj_cqrs.transport import RabbitMQTransport
+
+    timings: dict[str, list[float]] = {'plain': [], 'cqrs': []}
+    totals = {'plain': 0.0, 'cqrs': 0.0}
+    BenchMaster.objects.create(name='warm-up')
+    BenchPlain.objects.create(name='warm-up')
+    for model, key in ((BenchPlain, 'plain'), (BenchMaster, 'cqrs')) * 2:
+        start_all = time.perf_counter()
+        for i in range(n // 2):
+            start = time.perf_counter()
+            model.objects.create(name=f'row {i}', value=i)
+            timings[key].append(time.perf_counter() - start)
+        totals[key] += time.perf_counter() - start_all
+    RabbitMQTransport.flush()
+    plain_median = statistics.median(timings['plain'])
+    cqrs_median = statistics.median(timings['cqrs'])
+    return {
+        'autocommit_saves_per_s_plain': round(len(timings['plain']) / totals['plain']),
+        'autocommit_saves_per_s_cqrs': round(len(timings['cqrs']) / totals['cqrs']),
+        'autocommit_median_ms_plain': round(plain_median * 1000, 3),
+        'autocommit_median_ms_cqrs': round(cqrs_median * 1000, 3),
+        'autocommit_added_ms_median': round((cqrs_median - plain_median) * 1000, 3),
+    }
+
+
+def bench_transaction(n: int) -> dict:
+    from django.db import transaction
+
+    from bench.benchapp.models import BenchMaster
+    from dj_cqrs.transport import RabbitMQTransport
+
+    start = time.perf_counter()
+    with transaction.atomic():
+        for i in range(n):
+            BenchMaster.objects.create(name=f'batch {i}', value=i)
+    committed = time.perf_counter() - start
+    RabbitMQTransport.flush()
+    confirmed = time.perf_counter() - start
+    return {
+        'transaction_saves_per_s': round(n / committed),
+        'transaction_saves_per_s_confirmed': round(n / confirmed),
+    }
+
+
+def bench_consume(n: int, workers: int, replica_env: dict[str, str]) -> float:
+    """Publish n new rows with no consumer running, then time the consumer applying them."""
+    from django.db import transaction
+
+    from bench.benchapp.models import BenchMaster
+    from dj_cqrs.transport import RabbitMQTransport
+
+    _declare_and_purge()
+    _clear_replica(replica_env['BENCH_DB'])
+    with transaction.atomic():
+        first = BenchMaster.objects.create(name='consume 0')
+        for i in range(1, n):
+            BenchMaster.objects.create(name=f'consume {i}', value=i)
+    RabbitMQTransport.flush()
+    while _queue_state()[0] < n:
+        time.sleep(0.01)
+    process = _start_consumer(replica_env, workers)
+    start = time.perf_counter()
+    while _replica_count(replica_env['BENCH_DB'], first.pk) < n:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    _stop(process)
+    return round(n / elapsed)
+
+
+def bench_latency(replica_env: dict[str, str], count: int = 200, gap: float = 0.02) -> dict:
+    import sqlite3
+
+    from bench.benchapp.models import BenchMaster
+
+    _declare_and_purge()
+    process = _start_consumer(replica_env, 1)
+    committed: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    done = threading.Event()
+
+    def poll() -> None:
+        connection = sqlite3.connect(replica_env['BENCH_DB'], timeout=30)
+        while not done.is_set():
+            for (pk,) in connection.execute(
+                'SELECT id FROM benchapp_benchreplica WHERE name LIKE ?', ('latency %',)
+            ):
+                seen.setdefault(pk, time.perf_counter())
+            time.sleep(0.0005)
+        connection.close()
+
+    _clear_replica(replica_env['BENCH_DB'])
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    for i in range(count):
+        obj = BenchMaster.objects.create(name=f'latency {i}', value=i)
+        committed[obj.pk] = time.perf_counter()
+        time.sleep(gap)
+    deadline = time.monotonic() + 30
+    while len(seen) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done.set()
+    poller.join()
+    _stop(process)
+    latencies = sorted((seen[pk] - committed[pk]) * 1000 for pk in committed if pk in seen)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return {
+        'latency_p50_ms': round(statistics.median(latencies), 2),
+        'latency_p99_ms': round(p99, 2),
+        'latency_samples': len(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--n', type=int, default=3000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix='cqrs-bench-') as tmp:
+        replica_env = _setup(Path(tmp))
+        _declare_and_purge()
+        result: dict = {'n': args.n, 'database': 'sqlite', 'broker': 'rabbitmq'}
+        result.update(bench_autocommit(args.n))
+        _declare_and_purge()
+        result.update(bench_transaction(args.n))
+        result['consume_msgs_per_s_1_worker'] = bench_consume(args.n, 1, replica_env)
+        result['consume_msgs_per_s_2_workers'] = bench_consume(args.n, 2, replica_env)
+        result.update(bench_latency(replica_env))
+        from dj_cqrs.conf import cqrs_settings
+
+        connection, channel = _channel()
+        channel.queue_delete(cqrs_settings.queue)
+        channel.queue_delete(cqrs_settings.replica.dead_letter_queue)
+        channel.exchange_delete(cqrs_settings.exchange)
+        connection.close()
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+    main()
