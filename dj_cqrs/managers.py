@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import Error, IntegrityError, router, transaction
-from django.db.models import F, Manager, QuerySet
+from django.db.models import F, Manager, Model, QuerySet, signals
 from django.utils import timezone
 
 from dj_cqrs._logging import logger
@@ -114,6 +114,66 @@ class ReplicaManager(Manager):
         if instance is None:
             return self.create_instance(mapped_data, previous_data, sync, meta)
         return self.update_instance(instance, mapped_data, previous_data, sync, meta)
+
+    def bulk_save_instances(self, rows: list[dict], sync: bool = False) -> list:
+        """Apply many SAVE (or SYNC) rows with one lookup query and one insert for new rows.
+
+        Gives the same results as ``cqrs_save`` row by row; models that override
+        ``cqrs_save`` or ``cqrs_create`` are applied row by row.
+        """
+        model = self.model
+        if (
+            _overrides(model, 'cqrs_save')
+            or _overrides(model, 'cqrs_create')
+            or model.save is not Model.save
+            or signals.pre_save.has_listeners(model)
+            or signals.post_save.has_listeners(model)
+        ):
+            return [model.cqrs_save(row, sync=sync) for row in rows]
+        results: list[Any] = [None] * len(rows)
+        pk_field = model._meta.pk
+        mapped_rows: list[tuple[int, Any, dict]] = []
+        for index, row in enumerate(rows):
+            mapped = self._map_save_data(row)
+            if mapped is None:
+                continue
+            try:
+                pk_value = pk_field.to_python(mapped[self._pk_key(mapped)])
+            except ValidationError as exc:
+                logger.error('CQRS bad primary key (%s): %s', model.CQRS_ID, exc)
+                continue
+            mapped_rows.append((index, pk_value, mapped))
+        pks = list({pk for _, pk, _ in mapped_rows})
+        queryset = model._default_manager.using(self._write_db)
+        if model.CQRS_SELECT_FOR_UPDATE:
+            queryset = queryset.select_for_update()
+        existing = {}
+        for start in range(0, len(pks), 500):
+            existing.update(
+                (obj.pk, obj) for obj in queryset.filter(pk__in=pks[start : start + 500])
+            )
+        new_rows: dict[Any, tuple[int, dict]] = {}
+        later: list[tuple[int, dict]] = []
+        for index, pk_value, mapped in mapped_rows:
+            if pk_value in existing:
+                results[index] = self.update_instance(existing[pk_value], mapped, sync=sync)
+            elif pk_value in new_rows:
+                later.append((index, mapped))
+            else:
+                new_rows[pk_value] = (index, mapped)
+        if new_rows:
+            objs = [model(**mapped) for _, mapped in new_rows.values()]
+            try:
+                with transaction.atomic(using=self._write_db):
+                    model._default_manager.using(self._write_db).bulk_create(objs)
+                for (index, _), obj in zip(new_rows.values(), objs, strict=True):
+                    results[index] = obj
+            except (Error, ValidationError):
+                for index, mapped in new_rows.values():
+                    results[index] = self.save_instance(mapped, sync=sync)
+        for index, mapped in later:
+            results[index] = self.save_instance(mapped, sync=sync)
+        return results
 
     def create_instance(
         self,
@@ -308,6 +368,12 @@ class ReplicaManager(Manager):
             )
             return False
         return True
+
+
+def _overrides(model: type, name: str) -> bool:
+    from dj_cqrs.mixins import ReplicaMixin
+
+    return getattr(model, name).__func__ is not getattr(ReplicaMixin, name).__func__
 
 
 def _has_cqrs_fields(master_data: dict, cqrs_id: str) -> bool:

@@ -108,6 +108,14 @@ class MasterSignals:
             cls.post_save(sender, instance=instance, using=kwargs.get('using'))
 
 
+def publish_sync(instance: Any, using: str, queue: str | None = None) -> bool:
+    """Publish a SYNC of an instance just read from the database (no re-read)."""
+    model_cls = type(instance)
+    if not (model_cls.CQRS_PRODUCE and instance.is_sync_instance()):
+        return False
+    return _produce_save(model_cls, instance, using, True, queue)
+
+
 def _build_payload(
     model_cls: type,
     instance: Any,
@@ -133,9 +141,11 @@ def _build_payload(
     )
 
 
-def _produce_save(model_cls: type, instance: Any, using: str, sync: bool, queue: str | None):
+def _produce_save(
+    model_cls: type, instance: Any, using: str, sync: bool, queue: str | None
+) -> bool:
     if instance.__dict__.get(_DELETED_ATTR):
-        return
+        return False
     signal_type = SignalType.SYNC if sync else SignalType.SAVE
     try:
         instance_data = instance.to_cqrs_dict(using, sync=sync)
@@ -150,7 +160,7 @@ def _produce_save(model_cls: type, instance: Any, using: str, sync: bool, queue:
             instance.pk,
             model_cls.CQRS_ID,
         )
-        return
+        return False
     except Exception:
         logger.exception(
             'CQRS %s is skipped: pk = %s (%s) could not be serialized.',
@@ -158,15 +168,15 @@ def _produce_save(model_cls: type, instance: Any, using: str, sync: bool, queue:
             instance.pk,
             model_cls.CQRS_ID,
         )
-        return
+        return False
     finally:
         instance.reset_cqrs_tracked_fields_data()
-    _produce(payload)
+    return _produce(payload)
 
 
-def _produce(payload: TransportPayload) -> None:
+def _produce(payload: TransportPayload) -> bool:
     try:
-        producer.produce(payload)
+        published = producer.produce(payload)
     except Exception:
         logger.exception(
             'CQRS %s is not published: pk = %s (%s), correlation_id = %s.',
@@ -175,3 +185,5 @@ def _produce(payload: TransportPayload) -> None:
             payload.cqrs_id,
             payload.correlation_id,
         )
+        return False
+    return published is not False

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dj_cqrs.dataclasses import TransportPayload
 
 
-def produce(payload: TransportPayload) -> None:
-    """Publish ``payload`` through ``settings.CQRS['transport']``."""
+def produce(payload: TransportPayload) -> Any:
+    """Publish ``payload`` through ``settings.CQRS['transport']``; False if it was not sent."""
     from dj_cqrs.transport import current_transport
 
-    current_transport.produce(payload)
+    return current_transport.produce(payload)
