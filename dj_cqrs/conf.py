@@ -41,6 +41,7 @@ MASTER_DEFAULTS: dict[str, Any] = {
     'CQRS_MESSAGE_TTL': constants.DEFAULT_MASTER_MESSAGE_TTL,
     'correlation_function': None,
     'meta_function': None,
+    'outbox': False,
 }
 
 REPLICA_DEFAULTS: dict[str, Any] = {
@@ -79,6 +80,7 @@ _STRINGS = {
 _BOOLEANS = {
     (None, 'publisher_confirms'),
     ('master', 'CQRS_AUTO_UPDATE_FIELDS'),
+    ('master', 'outbox'),
     ('replica', 'CQRS_LOG_TIMED_OUT_QUERIES'),
 }
 _CALLABLES = {('master', 'correlation_function'), ('master', 'meta_function')}

@@ -29,13 +29,14 @@ class MasterManager(Manager):
         for obj in objs:
             obj.cqrs_revision = 0
             obj._cqrs_tracked_fields_data = None
-        created = super().bulk_create(objs, **kwargs)
-        if created:
-            using = self.db
-            for obj in created:
-                if obj.CQRS_TRACKED_FIELDS:
-                    obj._cqrs_tracked_fields_data = obj._cqrs_tracked_changes()
-            self.model.call_post_bulk_create(created, using=using)
+        using = self.db
+        with transaction.atomic(using=using, savepoint=False):
+            created = super().bulk_create(objs, **kwargs)
+            if created:
+                for obj in created:
+                    if obj.CQRS_TRACKED_FIELDS:
+                        obj._cqrs_tracked_fields_data = obj._cqrs_tracked_changes()
+                self.model.call_post_bulk_create(created, using=using)
         return created
 
     def bulk_update(self, queryset: QuerySet, **kwargs: Any) -> int:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import router
+from django.db import router, transaction
 from django.db.models import DateTimeField, F, IntegerField, Manager, Model, QuerySet
 from django.db.models.expressions import Combinable
 from django.utils.functional import classproperty
 from django.utils.module_loading import import_string
 
-from dj_cqrs import _on_commit
+from dj_cqrs import _on_commit, outbox
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.constants import ALL_BASIC_FIELDS, FIELDS_TRACKER_FIELD_NAME
 from dj_cqrs.managers import MasterManager, ReplicaManager
@@ -59,6 +59,12 @@ class RawMasterMixin(Model):
             kwargs['update_fields'] = {*update_fields, 'cqrs_revision', 'cqrs_updated'}
 
         using = kwargs.get('using') or router.db_for_write(type(self), instance=self)
+        if outbox.is_enabled() and not transaction.get_connection(using).in_atomic_block:
+            with transaction.atomic(using=using):
+                return self._cqrs_save(using, args, kwargs)
+        return self._cqrs_save(using, args, kwargs)
+
+    def _cqrs_save(self, using: str, args: tuple, kwargs: dict) -> None:
         if self.__dict__.pop('_cqrs_deleted', False):
             _on_commit.forget(self)
         first_save = not _on_commit.is_pending(self, using)

@@ -11,7 +11,7 @@ from django.db.models.expressions import Combinable
 from django.dispatch import Signal
 from django.utils import timezone
 
-from dj_cqrs import _on_commit
+from dj_cqrs import _on_commit, outbox
 from dj_cqrs._logging import logger
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import producer
@@ -65,8 +65,17 @@ class MasterSignals:
         cache = _current_bulk_relate_cache(sender)
         if cache is not None:
             cache.register(instance, using)
+        ref = None
+        if not sync and outbox.is_enabled():
+            ref = outbox.record(
+                using,
+                sender.CQRS_ID,
+                instance.pk,
+                SignalType.SAVE,
+                previous_data=instance.get_tracked_fields_data(),
+            )
         _on_commit.schedule(
-            instance, using, lambda: _produce_save(sender, instance, using, sync, queue)
+            instance, using, lambda: _produce_save(sender, instance, using, sync, queue, ref)
         )
 
     @staticmethod
@@ -93,6 +102,13 @@ class MasterSignals:
         if custom:
             instance_data['custom'] = custom
         payload = _build_payload(sender, instance, SignalType.DELETE, instance_data, None, None)
+        if outbox.is_enabled():
+            outbox.attach(
+                payload,
+                outbox.record(
+                    using, sender.CQRS_ID, payload.pk, SignalType.DELETE, payload=payload.to_dict()
+                ),
+            )
         _on_commit.schedule(instance, using, lambda: _produce(payload))
 
     @classmethod
@@ -141,42 +157,67 @@ def _build_payload(
     )
 
 
+def build_save_payload(
+    model_cls: type,
+    instance: Any,
+    using: str,
+    sync: bool = False,
+    queue: str | None = None,
+    previous_data: dict | None = None,
+) -> TransportPayload:
+    """The SAVE (or SYNC) message of ``instance`` as it is in the database now."""
+    signal_type = SignalType.SYNC if sync else SignalType.SAVE
+    instance_data = instance.to_cqrs_dict(using, sync=sync)
+    if previous_data is None:
+        previous_data = instance.get_tracked_fields_data()
+    return _build_payload(model_cls, instance, signal_type, instance_data, previous_data, queue)
+
+
 def _produce_save(
-    model_cls: type, instance: Any, using: str, sync: bool, queue: str | None
+    model_cls: type,
+    instance: Any,
+    using: str,
+    sync: bool,
+    queue: str | None,
+    ref: outbox.OutboxRef | None = None,
 ) -> bool:
     if instance.__dict__.get(_DELETED_ATTR):
+        outbox.mark_published(ref)
         return False
     signal_type = SignalType.SYNC if sync else SignalType.SAVE
+    pk = instance.pk
     try:
-        instance_data = instance.to_cqrs_dict(using, sync=sync)
-        previous_data = instance.get_tracked_fields_data()
-        payload = _build_payload(
-            model_cls, instance, signal_type, instance_data, previous_data, queue
-        )
+        payload = build_save_payload(model_cls, instance, using, sync, queue)
     except ObjectDoesNotExist:
         logger.error(
             'CQRS %s is skipped: pk = %s (%s) does not exist any more.',
             signal_type,
-            instance.pk,
+            pk,
             model_cls.CQRS_ID,
         )
+        outbox.mark_published(ref)
         return False
     except Exception:
         logger.exception(
             'CQRS %s is skipped: pk = %s (%s) could not be serialized.',
             signal_type,
-            instance.pk,
+            pk,
             model_cls.CQRS_ID,
         )
         return False
     finally:
         instance.reset_cqrs_tracked_fields_data()
+    outbox.attach(payload, ref)
     return _produce(payload)
 
 
 def _produce(payload: TransportPayload) -> bool:
+    from dj_cqrs.transport import current_transport
+
     try:
         published = producer.produce(payload)
+        if published is not False and not getattr(current_transport, 'settles_outbox', False):
+            outbox.mark_published(outbox.ref_of(payload))
     except Exception:
         logger.exception(
             'CQRS %s is not published: pk = %s (%s), correlation_id = %s.',

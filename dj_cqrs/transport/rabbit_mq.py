@@ -11,13 +11,14 @@ import atexit
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pika
 import ujson
 from pika import exceptions as pika_exceptions
 
+from dj_cqrs import outbox
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.constants import SignalType
@@ -83,19 +84,31 @@ class _Publisher:
         self._pid: int | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
-        self._unconfirmed: dict[int, tuple[str, str, bytes, Any]] = {}
-        self._nacked: list[tuple[str, str, bytes, Any]] = []
+        self._unconfirmed: dict[int, tuple] = {}
+        self._nacked: list[tuple] = []
         self._next_tag = 0
         self._published = 0
         self._confirms = False
         self.connections_opened = 0
         atexit.register(self._flush_at_exit)
 
-    def publish(self, exchange: str, routing_key: str, body: bytes, properties: Any) -> None:
-        """Publish one message, retrying once on a fresh connection."""
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Any,
+        on_confirm: Callable[[], None] | None = None,
+    ) -> bool:
+        """Publish one message, retrying once on a fresh connection.
+
+        Returns True when the broker will confirm it (``on_confirm`` is then called on the
+        confirm), False when confirms are off.
+        """
+        message = (exchange, routing_key, body, properties, on_confirm)
         with self._lock:
             try:
-                self._publish_once(exchange, routing_key, body, properties)
+                self._publish_once(message)
             except _CONNECTION_ERRORS as exc:
                 logger.warning(
                     'CQRS publish to %s failed (%s), retrying on a new connection.',
@@ -103,7 +116,8 @@ class _Publisher:
                     type(exc).__name__,
                 )
                 self._drop()
-                self._publish_once(exchange, routing_key, body, properties)
+                self._publish_once(message)
+            return self._confirms
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the broker confirmed every message published so far."""
@@ -137,9 +151,9 @@ class _Publisher:
     def unconfirmed_count(self) -> int:
         return len(self._unconfirmed) + len(self._nacked)
 
-    def _publish_once(self, exchange: str, routing_key: str, body: bytes, properties: Any):
+    def _publish_once(self, message: tuple) -> None:
         self._ensure_open()
-        self._basic_publish((exchange, routing_key, body, properties))
+        self._basic_publish(message)
         self._published += 1
         if self._nacked or not self._published % _DISPATCH_EVERY:
             self._connection.process_data_events(time_limit=0)
@@ -147,12 +161,18 @@ class _Publisher:
         if len(self._unconfirmed) > _MAX_UNCONFIRMED:
             self.flush()
 
-    def _basic_publish(self, message: tuple[str, str, bytes, Any]) -> None:
-        exchange, routing_key, body, properties = message
-        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+    def _basic_publish(self, message: tuple) -> None:
+        exchange, routing_key, body, properties, _ = message
         if self._confirms:
+            # Registered first: the confirm may arrive while basic_publish flushes the socket.
             self._next_tag += 1
             self._unconfirmed[self._next_tag] = message
+        try:
+            self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+        except BaseException:
+            if self._confirms:
+                self._unconfirmed.pop(self._next_tag, None)
+            raise
 
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
@@ -204,6 +224,11 @@ class _Publisher:
         nack = isinstance(method, pika.spec.Basic.Nack)
         for tag in tags:
             message = self._unconfirmed.pop(tag, None)
+            if message is not None and not nack and message[4] is not None:
+                try:
+                    message[4]()
+                except Exception:
+                    logger.exception('CQRS confirm callback failed.')
             if nack and message is not None:
                 logger.error(
                     'CQRS message was refused by the broker (routing key %s); publishing again.',
@@ -243,14 +268,24 @@ class RabbitMQTransport(LoggingMixin, BaseTransport):
 
     _publisher = _Publisher()
     _stop = StopFlag()
+    settles_outbox = True
 
     @classmethod
     def produce(cls, payload: TransportPayload) -> bool:
         """Publish one payload; False (logged) when the broker cannot be reached."""
         routing_key = produced_routing_key(payload)
         body = ujson.dumps(payload.to_dict()).encode()
+        ref = outbox.ref_of(payload)
         try:
-            cls._publisher.publish(cqrs_settings.exchange, routing_key, body, message_properties())
+            confirmed = cls._publisher.publish(
+                cqrs_settings.exchange,
+                routing_key,
+                body,
+                message_properties(),
+                on_confirm=(lambda: outbox.mark_published(ref)) if ref else None,
+            )
+            if ref and not confirmed:
+                outbox.mark_published(ref)
         except _CONNECTION_ERRORS as exc:
             logger.error(
                 'CQRS %s is not published: pk = %s (%s), correlation_id = %s: broker %s: %s.',

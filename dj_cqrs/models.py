@@ -1,0 +1,28 @@
+"""The transactional outbox (``settings.CQRS['master']['outbox'] = True``)."""
+
+from django.db import models
+
+
+class CQRSOutboxMessage(models.Model):
+    """A change not yet confirmed by the broker, written in the transaction of the change.
+
+    SAVE and SYNC rows name the instance: the relay publishes its state at relay time (with its
+    current revision). DELETE rows keep the whole message, since the instance is gone.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    cqrs_id = models.CharField(max_length=255)
+    instance_pk = models.CharField(max_length=255)
+    signal_type = models.CharField(max_length=6)
+    queue = models.CharField(max_length=255, null=True, blank=True)
+    previous_data = models.JSONField(null=True, blank=True)
+    payload = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        db_table = 'dj_cqrs_outbox'
+        verbose_name = 'CQRS outbox message'
+        ordering = ('id',)
+
+    def __str__(self) -> str:
+        return f'{self.signal_type} {self.cqrs_id} {self.instance_pk}'
