@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start or stop the servers the test suite and the demo need.
-#   scripts/services.sh up [rabbitmq] [redis]   start what is not reachable yet
+#   scripts/services.sh up [rabbitmq] [redis] [postgres]   start what is not reachable yet
 #   scripts/services.sh down                    stop only what `up` started
 # Missing Debian packages are installed when run as root; otherwise the servers must already
 # be running (the script says which one is missing).
@@ -76,10 +76,42 @@ redis_down() {
   rm -f "$RUN_DIR/redis.started" "$RUN_DIR/redis.pid"
 }
 
+pg_version() { ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1; }
+
+postgres_role() {
+  [ "$(id -u)" = 0 ] || return 0
+  runuser -u postgres -- psql -q -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'cqrs'" 2>/dev/null \
+    | grep -q 1 && return 0
+  runuser -u postgres -- psql -q -c "CREATE ROLE cqrs LOGIN SUPERUSER PASSWORD 'cqrs'" >/dev/null
+}
+
+postgres_up() {
+  if port_open 5432; then postgres_role; return 0; fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "services: no PostgreSQL on 127.0.0.1:5432; start one (as root: scripts/services.sh up)." >&2
+    exit 1
+  fi
+  ensure_packages pg_ctlcluster:postgresql
+  local version
+  version=$(pg_version)
+  pg_lsclusters -h 2>/dev/null | grep -q "^$version *main " || pg_createcluster "$version" main >/dev/null
+  echo "services: starting postgresql $version" >&2
+  pg_ctlcluster "$version" main start
+  echo "$version" >"$RUN_DIR/postgres.started"
+  wait_port 5432 postgresql
+  postgres_role
+}
+
+postgres_down() {
+  [ -f "$RUN_DIR/postgres.started" ] || return 0
+  pg_ctlcluster "$(cat "$RUN_DIR/postgres.started")" main stop >/dev/null 2>&1 || true
+  rm -f "$RUN_DIR/postgres.started"
+}
+
 action=${1:-up}
 shift || true
 services=("$@")
-[ ${#services[@]} -eq 0 ] && services=(rabbitmq redis)
+[ ${#services[@]} -eq 0 ] && services=(rabbitmq redis postgres)
 
 case "$action" in
   up)
@@ -88,6 +120,7 @@ case "$action" in
       case "$s" in
         rabbitmq) port_open 5672 || wanted+=(rabbitmq-server:rabbitmq-server) ;;
         redis) port_open 6379 || wanted+=(redis-server:redis-server) ;;
+        postgres) port_open 5432 || wanted+=(pg_ctlcluster:postgresql) ;;
       esac
     done
     [ "$(id -u)" = 0 ] && [ ${#wanted[@]} -gt 0 ] && ensure_packages "${wanted[@]}"
@@ -97,7 +130,7 @@ case "$action" in
     for s in "${services[@]}"; do "${s}_down"; done
     ;;
   *)
-    echo "usage: $0 up|down [rabbitmq] [redis]" >&2
+    echo "usage: $0 up|down [rabbitmq] [redis] [postgres]" >&2
     exit 2
     ;;
 esac

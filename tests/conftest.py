@@ -8,6 +8,16 @@ from dj_cqrs.transport.mock import TransportMock
 from tests.dj_replica import models as replica_models
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked for one database vendor run only on that vendor's settings."""
+    from django.db import connection
+
+    for item in items:
+        for vendor in ('sqlite', 'postgresql'):
+            if item.get_closest_marker(f'{vendor}_only') and connection.vendor != vendor:
+                item.add_marker(pytest.mark.skip(reason=f'{vendor} behaviour'))
+
+
 @pytest.fixture(autouse=True)
 def _clean_records():
     replica_models.RECORDED.clear()

@@ -323,6 +323,7 @@ def test_wire_round_trip_then_consume():
 # --- CQRS_QUERY_TIMEOUT ---------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.django_db
 def test_query_timeout_is_noop_on_sqlite():
     conf = cqrs_conf(CQRS_QUERY_TIMEOUT=1000)

@@ -4,11 +4,13 @@ progress bars and the header lines of piped streams."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Any
 
+from django.conf import settings
 from django.core.exceptions import FieldError, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Model, QuerySet
@@ -67,7 +69,9 @@ class CQRSCommand(BaseCommand):
         return model
 
     def batch_size(self, options: dict) -> int:
-        size = options.get('batch') or self.default_batch_size
+        size = options.get('batch')
+        if size is None:
+            size = self.default_batch_size
         if size < 1:
             raise CommandError(f'--batch must be at least 1, not {size}.')
         return size
@@ -156,9 +160,18 @@ def read_header(stream: IO[str], parts: int, command: str) -> list[str]:
 
 
 def parse_header_datetime(value: str) -> datetime:
-    parsed = parse_datetime(value.strip())
+    """The date of a header line, aware when ``USE_TZ`` is on (naive in the default zone
+    otherwise), whatever the service that wrote it used."""
+    try:
+        parsed = parse_datetime(value.strip())
+    except ValueError:
+        parsed = None
     if parsed is None:
         raise CommandError(f'Bad date in the header: {value!r}.')
+    if settings.USE_TZ and timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    elif not settings.USE_TZ and timezone.is_aware(parsed):
+        parsed = timezone.make_naive(parsed)
     return parsed
 
 
@@ -171,3 +184,106 @@ def iter_json_lines(stream: IO[str], command: str) -> Iterator[tuple[int, Any]]:
             yield number, json.loads(line)
         except ValueError as exc:
             raise CommandError(f'{command}: line {number} is not valid JSON ({exc}).') from exc
+
+
+# Helpers of the diff commands (``cqrs_diff_*``, ``cqrs_deleted_*``), which pipe into each other.
+
+
+def input_stream(options: dict) -> IO[str]:
+    """The stream a piped command reads: ``stdin=`` of ``call_command``, else ``sys.stdin``."""
+    return options.get('stdin') or sys.stdin
+
+
+def require_table(model: type, command: str) -> None:
+    """Fail unless ``model`` is a Django model with rows to read (not a ``RawReplicaMixin``)."""
+    if not (isinstance(model, type) and issubclass(model, Model)) or model._meta.abstract:
+        raise CommandError(
+            f'{command}: {model.CQRS_ID} is not a Django model with a table; it cannot be diffed.'
+        )
+
+
+def write_line(command: BaseCommand, line: str) -> None:
+    """Write one line of a piped stream and flush it, so that the next command starts at once.
+
+    When the next command of the pipe has stopped reading (it failed), this is a one-line
+    ``CommandError`` instead of a ``BrokenPipeError`` traceback.
+    """
+    try:
+        command.stdout.write(line)
+        command.stdout.flush()
+    except BrokenPipeError as exc:
+        _drop_stdout()
+        name = type(command).__module__.rpartition('.')[2]
+        raise CommandError(
+            f'{name}: the next command of the pipe stopped reading (see its error).'
+        ) from exc
+
+
+def _drop_stdout() -> None:
+    # Send what is still buffered to /dev/null, or Python reports the broken pipe again at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def dump_line(value: Any) -> str:
+    """A body line of a diff stream: compact JSON, as the original library writes it."""
+    return json.dumps(value, separators=(',', ':'))
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _to_pk(model: type[Model], value: Any, command: str, number: int) -> Any:
+    if not _is_scalar(value):
+        raise CommandError(
+            f'{command}: line {number}: {value!r} is not a primary key (a number or a string).'
+        )
+    try:
+        return model._meta.pk.to_python(value)
+    except ValidationError as exc:
+        raise CommandError(
+            f'{command}: line {number}: {value!r} is not a valid primary key of {model.CQRS_ID}.'
+        ) from exc
+
+
+def parse_pk_list(model: type[Model], value: Any, command: str, number: int) -> list[Any]:
+    """A body line ``[pk, ...]`` as ``model``'s pk values, in order, without duplicates."""
+    if not isinstance(value, list):
+        raise CommandError(f'{command}: line {number} is not a JSON list of primary keys.')
+    return list(dict.fromkeys(_to_pk(model, item, command, number) for item in value))
+
+
+def parse_revision_list(
+    model: type[Model], value: Any, command: str, number: int
+) -> dict[Any, int]:
+    """A body line ``[[pk, revision], ...]`` as ``{pk value: revision}``, in order."""
+    if not isinstance(value, list):
+        raise CommandError(f'{command}: line {number} is not a JSON list of [pk, revision] pairs.')
+    revisions = {}
+    for item in value:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[1], int)
+            and not isinstance(item[1], bool)
+        ):
+            raise CommandError(f'{command}: line {number}: {item!r} is not a [pk, revision] pair.')
+        revisions[_to_pk(model, item[0], command, number)] = item[1]
+    return revisions
+
+
+def read_diff_header(stream: IO[str], parts: int, command: str) -> list[str]:
+    """``read_header`` of a diff stream (``<ID>,<now>[,<queue>]``), checking the date too."""
+    fields = read_header(stream, parts, command)
+    if not fields[0]:
+        raise CommandError(f'{command}: no CQRS_ID in the header line.')
+    try:
+        parse_header_datetime(fields[1])
+    except CommandError as exc:
+        raise CommandError(f'{command}: {exc}') from exc
+    return fields

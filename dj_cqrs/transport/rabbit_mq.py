@@ -33,6 +33,7 @@ _CONNECTION_ERRORS = (
     ConnectionError,
     OSError,
     AttributeError,
+    ValueError,
 )
 _MAX_UNCONFIRMED = 10000
 # Confirms are read by every publish; returned messages are dispatched every N publishes

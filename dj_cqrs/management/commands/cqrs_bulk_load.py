@@ -33,6 +33,8 @@ class Command(CQRSCommand):
             if not first.strip():
                 raise CommandError(f'{options["input"]} is empty: no CQRS_ID on the first line.')
             model = self.get_model(first.strip())
+            if options['clear'] and not hasattr(model, '_default_manager'):
+                raise CommandError(f'{model.CQRS_ID} has no table to clear (not a Django model).')
             loaded, skipped = self._load(model, stream, batch_size, options)
         finally:
             if stream is not sys.stdin:

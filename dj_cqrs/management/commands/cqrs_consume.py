@@ -1,5 +1,7 @@
 """``manage.py cqrs_consume``: run the replica's consumer workers."""
 
+from pathlib import Path
+
 from django.core.management.base import BaseCommand, CommandError
 
 from dj_cqrs.management._supervisor import Supervisor
@@ -56,7 +58,9 @@ class Command(BaseCommand):
             unknown = sorted(set(cqrs_ids) - set(ReplicaRegistry.models))
             if unknown:
                 raise CommandError(f'Unknown replica CQRS_ID: {", ".join(unknown)}.')
-        ignore_paths = [p.strip() for p in options['ignore_paths'].split(',') if p.strip()]
+        ignore_paths = [
+            str(Path(p.strip()).resolve()) for p in options['ignore_paths'].split(',') if p.strip()
+        ]
         Supervisor(
             workers,
             cqrs_ids=cqrs_ids,

@@ -1,0 +1,52 @@
+"""``manage.py cqrs_deleted_sync_replica``: delete the replica rows printed by
+``cqrs_deleted_diff_master`` (rows whose master row is gone)."""
+
+from __future__ import annotations
+
+from django.db import router, transaction
+
+from dj_cqrs.management.base import (
+    CQRSCommand,
+    input_stream,
+    iter_json_lines,
+    parse_header_datetime,
+    parse_pk_list,
+    read_diff_header,
+    require_table,
+)
+from dj_cqrs.registries import ReplicaRegistry
+
+NAME = 'cqrs_deleted_sync_replica'
+
+
+class Command(CQRSCommand):
+    help = (
+        'Read the output of cqrs_deleted_diff_master on stdin and delete those replica rows, '
+        'except the ones updated after the diff started.'
+    )
+    registry = ReplicaRegistry
+    stealth_options = ('stdin',)
+
+    def handle(self, *args, **options):
+        stream = input_stream(options)
+        cqrs_id, now = read_diff_header(stream, 2, NAME)
+        started = parse_header_datetime(now)
+        model = self.get_model(cqrs_id)
+        require_table(model, NAME)
+
+        # Every line is checked before anything is deleted (the input is only the rows gone
+        # from the master, so it is small).
+        lines = []
+        for number, value in iter_json_lines(stream, NAME):
+            pks = parse_pk_list(model, value, NAME, number)
+            if pks:
+                lines.append(pks)
+
+        using = router.db_for_write(model)
+        manager = model._base_manager.db_manager(using)
+        deleted = 0
+        for pks in lines:
+            with transaction.atomic(using=using):
+                _total, per_model = manager.filter(pk__in=pks, cqrs_updated__lt=started).delete()
+            deleted += per_model.get(model._meta.label, 0)
+        self.stderr.write(f'Deleted {deleted} {model.CQRS_ID} replica rows.')

@@ -1,0 +1,250 @@
+"""KombuTransport against real brokers: RabbitMQ over ``amqp://`` and Redis over ``redis://``.
+
+Every test runs a replica service (``manage.py cqrs_consume`` in a subprocess with a SQLite
+database of its own) and asserts on that replica's database or on the broker's queues.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import uuid
+from unittest import mock
+
+import pika
+import pytest
+from django.test import override_settings
+
+from dj_cqrs.transport import KombuTransport
+from tests.dj_master.models import FlakyModel, SimplestModel
+from tests.transport.conftest import KOMBU, RABBIT, cqrs_settings_for, wait_for
+
+SIMPLEST = 'dj_replica_simplestreplica'
+FLAKY = 'dj_replica_flakyreplica'
+FLAKY_ATTEMPT = 'dj_replica_flakyattempt'
+
+
+@pytest.fixture(params=['amqp', 'redis'])
+def kombu_url(request, names):
+    """A Kombu broker URL of each kind; Redis keys of this test's queues are removed after."""
+    if request.param == 'amqp':
+        yield request.getfixturevalue('amqp_url')
+        return
+    url = request.getfixturevalue('redis_url')
+    yield url
+    _clean_redis(url, names)
+
+
+@pytest.fixture
+def redis_names(names, redis_url):
+    """``names`` for a Redis test, with its Redis keys removed afterwards."""
+    yield names
+    _clean_redis(redis_url, names)
+
+
+def _clean_redis(url, names):
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        kinds = ('binding', 'binding_permanent')
+        queues = [names['queue'], names['dead_letter_queue'], *names.get('extra_queues', ())]
+        bindings = [f'_kombu.{kind}.{names["exchange"]}' for kind in kinds]
+        client.delete(*queues, *bindings)
+    finally:
+        client.close()
+
+
+def _execute(replica, sql, params=()):
+    """Write to a replica's database directly (``replica.query`` does not commit)."""
+    connection = sqlite3.connect(replica.db_path, timeout=30)
+    try:
+        with connection:
+            connection.execute(sql, params)
+    finally:
+        connection.close()
+
+
+def _rows(replica, table=SIMPLEST):
+    return replica.query(f'SELECT id, name, cqrs_revision FROM {table} ORDER BY id')
+
+
+def _attempts(replica, pk):
+    rows = replica.query(f'SELECT attempts FROM {FLAKY_ATTEMPT} WHERE id = ?', (pk,))
+    return rows[0][0] if rows else 0
+
+
+def _rabbit_message_count(amqp_url, queue):
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
+
+
+def _redis_message_count(redis_url, queue):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return client.llen(queue)
+    finally:
+        client.close()
+
+
+def _dead_letters(kombu_url, amqp_url, queue):
+    """``(body, expiration)`` of each message in a dead-letter queue, left in place."""
+    if kombu_url.startswith('redis'):
+        import redis
+
+        client = redis.Redis.from_url(kombu_url)
+        try:
+            envelopes = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+        finally:
+            client.close()
+        return [
+            (json.loads(base64.b64decode(e['body'])), e['properties'].get('expiration'))
+            for e in envelopes
+        ]
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        result = []
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                return result
+            result.append((json.loads(body), properties.expiration))
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_save_update_delete_reach_replica(master, replica_service, kombu_url):
+    replica = replica_service(transport=KOMBU, url=kombu_url).start('-w', '1')
+    replica.wait_ready()
+    master(transport=KOMBU, url=kombu_url)
+
+    instance = SimplestModel.objects.create(id=1, name='first')
+    wait_for(lambda: _rows(replica) == [(1, 'first', 0)], message='created replica row')
+
+    instance.name = 'second'
+    instance.save()
+    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='updated replica row')
+
+    instance.delete()
+    wait_for(lambda: replica.count() == 0, message='deleted replica row')
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ('master_transport', 'replica_transport'),
+    [(RABBIT, KOMBU), (KOMBU, RABBIT)],
+    ids=['rabbit-to-kombu', 'kombu-to-rabbit'],
+)
+def test_rabbitmq_and_kombu_transports_interoperate(
+    master, replica_service, amqp_url, master_transport, replica_transport
+):
+    replica = replica_service(transport=replica_transport, url=amqp_url).start('-w', '1')
+    replica.wait_ready()
+    master(transport=master_transport, url=amqp_url)
+
+    instance = SimplestModel.objects.create(id=1, name='first')
+    wait_for(lambda: _rows(replica) == [(1, 'first', 0)], message='created replica row')
+    instance.name = 'second'
+    instance.save()
+    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='updated replica row')
+
+    # A SYNC to the replica's own queue uses the cqrs.<queue>.<cqrs_id> routing key.
+    _execute(replica, f'DELETE FROM {SIMPLEST}')
+    assert instance.cqrs_sync(queue=replica.env['CQRS_TEST_QUEUE'])
+    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='synced replica row')
+
+    instance.delete()
+    wait_for(lambda: replica.count() == 0, message='deleted replica row')
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queue_declared_by_one_transport_is_consumed_by_the_other(
+    master, replica_service, amqp_url
+):
+    """Switching a replica from one transport to the other keeps working on the same queue."""
+    first = replica_service(transport=RABBIT, url=amqp_url).start('-w', '1')
+    first.wait_ready()
+    first.stop()
+    master(transport=RABBIT, url=amqp_url)
+    SimplestModel.objects.create(id=1, name='queued while down')
+
+    second = replica_service(transport=KOMBU, url=amqp_url).start('-w', '1')
+    wait_for(lambda: second.count() == 1, message=f'queued message applied ({second.log()})')
+    assert 'PRECONDITION_FAILED' not in second.log()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sync_to_one_queue_reaches_only_that_replica(
+    master, replica_service, redis_url, redis_names
+):
+    other_queue = f'other_{uuid.uuid4().hex[:10]}'
+    target = replica_service(transport=KOMBU, url=redis_url).start('-w', '1')
+    other = replica_service(transport=KOMBU, url=redis_url, queue=other_queue).start('-w', '1')
+    target.wait_ready()
+    other.wait_ready()
+    master(transport=KOMBU, url=redis_url)
+
+    instance = SimplestModel.objects.create(id=1, name='first')
+    for replica in (target, other):
+        wait_for(lambda r=replica: r.count() == 1, message='broadcast row on both replicas')
+        _execute(replica, f'DELETE FROM {SIMPLEST}')
+
+    assert instance.cqrs_sync(queue=redis_names['queue'])
+    wait_for(lambda: _rows(target) == [(1, 'first', 0)], message='synced row on the target')
+
+    # A later broadcast is queued behind the SYNC had it been routed to the other replica too.
+    SimplestModel.objects.create(id=2, name='second')
+    wait_for(lambda: target.count() == 2, message='broadcast row on the target')
+    wait_for(lambda: other.count() == 1, message='broadcast row on the other replica')
+    assert _rows(other) == [(2, 'second', 0)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retries_then_dead_letter(master, replica_service, kombu_url, amqp_url, names):
+    replica = replica_service(transport=KOMBU, url=kombu_url, CQRS_TEST_MAX_RETRIES=3)
+    replica.start('-w', '1').wait_ready()
+    master(transport=KOMBU, url=kombu_url)
+
+    FlakyModel.objects.create(id=1, name='flaky', fail_times=2)
+    wait_for(lambda: replica.count(FLAKY) == 1, message=f'flaky row applied ({replica.log()})')
+    assert _attempts(replica, 1) == 3
+
+    FlakyModel.objects.create(id=2, name='doomed', always_fail=True)
+    if kombu_url.startswith('redis'):
+        count = lambda: _redis_message_count(kombu_url, names['dead_letter_queue'])  # noqa: E731
+    else:
+        count = lambda: _rabbit_message_count(amqp_url, names['dead_letter_queue'])  # noqa: E731
+    wait_for(lambda: count() == 1, message=f'one dead letter ({replica.log()[-3000:]})')
+    assert _attempts(replica, 2) == 4  # the first attempt and CQRS_MAX_RETRIES = 3 retries
+    assert replica.query(f'SELECT id FROM {FLAKY}') == [(1,)]
+    assert 'is added to dead letter queue: pk = 2 (flaky)' in replica.log()
+    [(body, expiration)] = _dead_letters(kombu_url, amqp_url, names['dead_letter_queue'])
+    assert (body['cqrs_id'], body['instance_pk'], body['retries']) == ('flaky', 2, 3)
+    assert expiration == '864000000'  # dead_message_ttl (10 days) in milliseconds
+
+
+def test_consumer_prefetch_count_is_applied(names, amqp_url):
+    settings = cqrs_settings_for(KOMBU, amqp_url, names)
+    settings['consumer_prefetch_count'] = 7
+    queue, dead = mock.MagicMock(), mock.MagicMock()
+    with (
+        override_settings(CQRS=settings),
+        mock.patch.object(KombuTransport, '_queues', return_value=(queue, dead)),
+        mock.patch('dj_cqrs.transport.kombu.kombu.Consumer') as consumer_cls,
+        mock.patch('dj_cqrs.transport.kombu.kombu.Producer'),
+    ):
+        KombuTransport._stop.set()
+        try:
+            KombuTransport._consume_on(mock.MagicMock(), None)
+        finally:
+            KombuTransport._stop._event.clear()
+    consumer_cls.return_value.qos.assert_called_once_with(prefetch_count=7)
+    consumer_cls.return_value.consume.assert_called_once_with()
