@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest services venv clean
+.PHONY: demo demo-serve test lint pytest venv clean
 
 venv: $(STAMP)
 
@@ -24,11 +24,8 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mkdocs build --strict -q -d .run/site
 
-services:
-	scripts/services.sh up
-
-pytest: venv services
-	$(PY) -m pytest --cov=dj_cqrs --cov-report=term; rc=$$?; scripts/services.sh down; exit $$rc
+pytest: venv
+	PY=$(PY) scripts/run_tests.sh
 
 test: lint pytest
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: brokers and PostgreSQL started here (and stopped if we started them),
+# then the suite on SQLite with the real brokers, then the core suite on PostgreSQL.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+
+scripts/services.sh up || exit 1
+trap 'scripts/services.sh down' EXIT
+
+status=0
+echo "== suite on SQLite, with RabbitMQ and Redis =="
+"$PY" -m pytest --cov=dj_cqrs --cov-report= "$@" || status=1
+echo "== core suite on PostgreSQL =="
+"$PY" -m pytest tests --ignore=tests/transport --ds=tests.settings_pg \
+  --cov=dj_cqrs --cov-append --cov-report=term "$@" || status=1
+exit $status
