@@ -34,6 +34,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     'queue': None,
     'consumer_prefetch_count': constants.DEFAULT_CONSUMER_PREFETCH_COUNT,
     'publisher_confirms': True,
+    'ssl_options': None,
 }
 
 MASTER_DEFAULTS: dict[str, Any] = {
@@ -54,6 +55,8 @@ REPLICA_DEFAULTS: dict[str, Any] = {
     'CQRS_LOG_TIMED_OUT_QUERIES': False,
     'CQRS_QUERY_LOGGER': None,
 }
+
+SSL_OPTION_KEYS = ('ca_certs', 'certfile', 'keyfile', 'server_hostname', 'check_hostname')
 
 # Numeric keys: (minimum, whether None is allowed). Below the minimum: default plus a warning.
 _NUMBERS: dict[tuple[str | None, str], tuple[int, bool]] = {
@@ -100,6 +103,13 @@ def _default(section: str | None, key: str) -> Any:
 def _check_value(section: str | None, key: str, value: Any, warn: bool) -> Any:
     """Return the value to use for one key, raising on a wrong type."""
     name = _key_name(section, key)
+    if (section, key) == (None, 'ssl_options') and value is not None:
+        unknown = sorted(set(value) - set(SSL_OPTION_KEYS)) if isinstance(value, dict) else None
+        if unknown is None or unknown:
+            raise ImproperlyConfigured(
+                f'settings.{name} must be a dict with keys among {", ".join(SSL_OPTION_KEYS)}'
+                + (f'; unknown: {", ".join(unknown)}.' if unknown else '.')
+            )
     if value is None:
         rule = _NUMBERS.get((section, key))
         if rule and not rule[1]:

@@ -5,6 +5,7 @@ transport."""
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -24,7 +25,33 @@ from dj_cqrs.transport.rabbit_mq import produced_routing_key
 
 def _connection() -> kombu.Connection:
     transport_options = {'confirm_publish': bool(cqrs_settings.publisher_confirms)}
-    return kombu.Connection(cqrs_settings.url, transport_options=transport_options)
+    return kombu.Connection(
+        cqrs_settings.url, transport_options=transport_options, ssl=_ssl_option()
+    )
+
+
+def _ssl_option() -> Any:
+    """Kombu's ``ssl`` argument from ``settings.CQRS['ssl_options']`` and the URL scheme."""
+    url = cqrs_settings.url or ''
+    tls = cqrs_settings.ssl_options
+    if tls is None:
+        return url.startswith(('amqps://', 'rediss://'))
+    verify = ssl.CERT_REQUIRED if tls.get('check_hostname', True) else ssl.CERT_OPTIONAL
+    if url.startswith('rediss://'):
+        return {
+            'ssl_cert_reqs': verify,
+            'ssl_ca_certs': tls.get('ca_certs'),
+            'ssl_certfile': tls.get('certfile'),
+            'ssl_keyfile': tls.get('keyfile'),
+        }
+    options = {
+        'cert_reqs': ssl.CERT_REQUIRED,
+        'ca_certs': tls.get('ca_certs'),
+        'certfile': tls.get('certfile'),
+        'keyfile': tls.get('keyfile'),
+        'server_hostname': tls.get('server_hostname'),
+    }
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def _location(connection: kombu.Connection) -> str:

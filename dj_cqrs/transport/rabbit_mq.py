@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,16 +43,35 @@ _DISPATCH_EVERY = 64
 
 
 def connection_parameters() -> pika.ConnectionParameters:
-    """Connection parameters from ``settings.CQRS``: ``url``, or host/port/user/password."""
+    """Connection parameters from ``settings.CQRS``: ``url``, or host/port/user/password.
+
+    The vhost of the URL is used; ``amqps://`` URLs (or ``ssl_options``) connect with TLS.
+    """
     if cqrs_settings.url:
-        return pika.URLParameters(cqrs_settings.url)
-    return pika.ConnectionParameters(
-        host=cqrs_settings.host or 'localhost',
-        port=cqrs_settings.port or 5672,
-        credentials=pika.PlainCredentials(
-            cqrs_settings.user or 'guest', cqrs_settings.password or 'guest'
-        ),
-    )
+        params = pika.URLParameters(cqrs_settings.url)
+    else:
+        params = pika.ConnectionParameters(
+            host=cqrs_settings.host or 'localhost',
+            port=cqrs_settings.port or 5672,
+            credentials=pika.PlainCredentials(
+                cqrs_settings.user or 'guest', cqrs_settings.password or 'guest'
+            ),
+        )
+    tls = cqrs_settings.ssl_options
+    if tls is not None or (cqrs_settings.url or '').startswith('amqps://'):
+        params.ssl_options = pika.SSLOptions(
+            ssl_context(tls or {}), (tls or {}).get('server_hostname') or params.host
+        )
+    return params
+
+
+def ssl_context(options: dict) -> ssl.SSLContext:
+    """A client TLS context from ``settings.CQRS['ssl_options']``."""
+    context = ssl.create_default_context(cafile=options.get('ca_certs'))
+    context.check_hostname = options.get('check_hostname', True)
+    if options.get('certfile'):
+        context.load_cert_chain(options['certfile'], options.get('keyfile'))
+    return context
 
 
 def broker_location(params: pika.ConnectionParameters | None = None) -> str:

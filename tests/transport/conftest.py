@@ -201,3 +201,23 @@ def replica_service(tmp_path, names, amqp_url):
     yield make
     for service in services:
         service.stop()
+
+
+@pytest.fixture(scope='module')
+def private_broker(tmp_path_factory):
+    """A RabbitMQ node of this test module's own, which tests may stop and restart."""
+    from tests.transport.private_broker import PrivateBroker
+
+    broker = PrivateBroker(tmp_path_factory.mktemp('rabbitmq')).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope='module')
+def tls_broker(tmp_path_factory):
+    """A private RabbitMQ node with an AMQPS listener and a throw-away CA (``certificates``)."""
+    from tests.transport.private_broker import PrivateBroker
+
+    broker = PrivateBroker(tmp_path_factory.mktemp('rabbitmq-tls'), tls=True).start()
+    yield broker
+    broker.stop()
