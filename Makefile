@@ -30,7 +30,12 @@ pytest: venv
 test: lint pytest
 
 demo: venv
-	@echo "make demo: not yet; the demo services land with the demo issue."
+	scripts/services.sh up rabbitmq
+	$(PY) examples/demo_project/run_demo.py; rc=$$?; scripts/services.sh down; exit $$rc
+
+demo-serve: venv
+	scripts/services.sh up rabbitmq
+	$(PY) examples/demo_project/run_demo.py serve; rc=$$?; scripts/services.sh down; exit $$rc
 
 clean:
 	rm -rf $(VENV) .coverage site

@@ -36,6 +36,7 @@ class MasterManager(Manager):
                 for obj in created:
                     if obj.CQRS_TRACKED_FIELDS:
                         obj._cqrs_tracked_fields_data = obj._cqrs_tracked_changes()
+                        getattr(obj, FIELDS_TRACKER_FIELD_NAME).set_saved_fields()
                 self.model.call_post_bulk_create(created, using=using)
         return created
 

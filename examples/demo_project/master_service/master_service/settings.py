@@ -1,0 +1,100 @@
+"""Settings of the demo master service: owns publishers, authors and books, publishes changes.
+
+Environment: DEMO_DATA_DIR (SQLite files, default ``examples/demo_project/.data``),
+DEMO_AMQP_URL, DEMO_EXCHANGE, DEMO_LOG_LEVEL, DEMO_DEBUG, DEMO_SECRET_KEY, DEMO_REPLICA_URL.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get('DEMO_DATA_DIR') or BASE_DIR.parent / '.data').resolve()
+
+SECRET_KEY = os.environ.get('DEMO_SECRET_KEY', 'demo-master-insecure-key')
+DEBUG = os.environ.get('DEMO_DEBUG', '1') == '1'
+ALLOWED_HOSTS = ['*']
+
+INSTALLED_APPS = [
+    'django.contrib.admin',
+    'django.contrib.auth',
+    'django.contrib.contenttypes',
+    'django.contrib.sessions',
+    'django.contrib.messages',
+    'django.contrib.staticfiles',
+    'dj_cqrs',
+    'catalog',
+]
+
+MIDDLEWARE = [
+    'django.middleware.security.SecurityMiddleware',
+    'django.contrib.sessions.middleware.SessionMiddleware',
+    'django.middleware.common.CommonMiddleware',
+    'django.middleware.csrf.CsrfViewMiddleware',
+    'django.contrib.auth.middleware.AuthenticationMiddleware',
+    'django.contrib.messages.middleware.MessageMiddleware',
+    'django.middleware.clickjacking.XFrameOptionsMiddleware',
+]
+
+ROOT_URLCONF = 'master_service.urls'
+WSGI_APPLICATION = 'master_service.wsgi.application'
+
+TEMPLATES = [
+    {
+        'BACKEND': 'django.template.backends.django.DjangoTemplates',
+        'DIRS': [],
+        'APP_DIRS': True,
+        'OPTIONS': {
+            'context_processors': [
+                'django.template.context_processors.request',
+                'django.contrib.auth.context_processors.auth',
+                'django.contrib.messages.context_processors.messages',
+                'catalog.context_processors.demo_links',
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    'default': {
+        'ENGINE': 'django.db.backends.sqlite3',
+        'NAME': DATA_DIR / 'master.sqlite3',
+        'OPTIONS': {
+            'timeout': 30,
+            'transaction_mode': 'IMMEDIATE',
+            'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;',
+        },
+    },
+}
+
+DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'
+LANGUAGE_CODE = 'en-us'
+TIME_ZONE = 'UTC'
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = 'static/'
+
+# Where the replica service's report page is, for the navigation bar.
+DEMO_REPLICA_URL = os.environ.get('DEMO_REPLICA_URL', 'http://127.0.0.1:8001/')
+
+# A master only publishes: it needs the broker and the exchange, no queue.
+CQRS = {
+    'transport': 'dj_cqrs.transport.RabbitMQTransport',
+    'url': os.environ.get('DEMO_AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672/%2F'),
+    'exchange': os.environ.get('DEMO_EXCHANGE', 'cqrs_demo'),
+}
+
+LOGGING = {
+    'version': 1,
+    'disable_existing_loggers': False,
+    'formatters': {
+        'demo': {'format': '%(asctime)s master[%(process)d] %(levelname)s %(message)s'},
+    },
+    'handlers': {'stderr': {'class': 'logging.StreamHandler', 'formatter': 'demo'}},
+    'loggers': {
+        'django-cqrs': {
+            'handlers': ['stderr'],
+            'level': os.environ.get('DEMO_LOG_LEVEL', 'INFO'),
+            'propagate': False,
+        },
+    },
+}

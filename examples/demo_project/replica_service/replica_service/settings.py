@@ -1,0 +1,89 @@
+"""Settings of the demo replica service: keeps read-only copies and JOINs them locally.
+
+Environment: DEMO_DATA_DIR (SQLite files, default ``examples/demo_project/.data``),
+DEMO_AMQP_URL, DEMO_EXCHANGE, DEMO_QUEUE, DEMO_LOG_LEVEL, DEMO_DEBUG, DEMO_SECRET_KEY,
+DEMO_MASTER_URL.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get('DEMO_DATA_DIR') or BASE_DIR.parent / '.data').resolve()
+
+SECRET_KEY = os.environ.get('DEMO_SECRET_KEY', 'demo-replica-insecure-key')
+DEBUG = os.environ.get('DEMO_DEBUG', '1') == '1'
+ALLOWED_HOSTS = ['*']
+
+INSTALLED_APPS = [
+    'django.contrib.contenttypes',
+    'dj_cqrs',
+    'replica',
+]
+
+MIDDLEWARE = [
+    'django.middleware.security.SecurityMiddleware',
+    'django.middleware.common.CommonMiddleware',
+    'django.middleware.clickjacking.XFrameOptionsMiddleware',
+]
+
+ROOT_URLCONF = 'replica_service.urls'
+WSGI_APPLICATION = 'replica_service.wsgi.application'
+
+TEMPLATES = [
+    {
+        'BACKEND': 'django.template.backends.django.DjangoTemplates',
+        'DIRS': [],
+        'APP_DIRS': True,
+        'OPTIONS': {'context_processors': ['django.template.context_processors.request']},
+    },
+]
+
+# Two consumer workers write to this file at once: WAL, IMMEDIATE transactions and a lock
+# timeout keep SQLite from failing with "database is locked".
+DATABASES = {
+    'default': {
+        'ENGINE': 'django.db.backends.sqlite3',
+        'NAME': DATA_DIR / 'replica.sqlite3',
+        'OPTIONS': {
+            'timeout': 30,
+            'transaction_mode': 'IMMEDIATE',
+            'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;',
+        },
+    },
+}
+
+DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'
+LANGUAGE_CODE = 'en-us'
+TIME_ZONE = 'UTC'
+USE_I18N = True
+USE_TZ = True
+
+DEMO_MASTER_URL = os.environ.get('DEMO_MASTER_URL', 'http://127.0.0.1:8000/')
+
+CQRS = {
+    'transport': 'dj_cqrs.transport.RabbitMQTransport',
+    'url': os.environ.get('DEMO_AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672/%2F'),
+    'exchange': os.environ.get('DEMO_EXCHANGE', 'cqrs_demo'),
+    'queue': os.environ.get('DEMO_QUEUE', 'cqrs_demo_replica'),
+    'replica': {
+        'CQRS_MAX_RETRIES': 5,
+        'CQRS_RETRY_DELAY': 1,
+    },
+}
+
+LOGGING = {
+    'version': 1,
+    'disable_existing_loggers': False,
+    'formatters': {
+        'demo': {'format': '%(asctime)s replica[%(process)d] %(levelname)s %(message)s'},
+    },
+    'handlers': {'stderr': {'class': 'logging.StreamHandler', 'formatter': 'demo'}},
+    'loggers': {
+        'django-cqrs': {
+            'handlers': ['stderr'],
+            'level': os.environ.get('DEMO_LOG_LEVEL', 'INFO'),
+            'propagate': False,
+        },
+    },
+}
