@@ -163,6 +163,44 @@ def bench_transaction(n: int) -> dict:
     }
 
 
+def bench_outbox(n: int) -> dict:
+    """Autocommit and one-transaction publishing with the outbox off and on, same run."""
+    from django.conf import settings
+    from django.db import transaction
+    from django.test import override_settings
+
+    from bench.benchapp.models import BenchMaster
+    from dj_cqrs import outbox
+    from dj_cqrs.models import CQRSOutboxMessage
+    from dj_cqrs.transport import RabbitMQTransport
+
+    result = {}
+    for enabled in (False, True, False, True):
+        label = 'on' if enabled else 'off'
+        master = {**settings.CQRS.get('master', {}), 'outbox': enabled}
+        with override_settings(CQRS={**settings.CQRS, 'master': master}):
+            start = time.perf_counter()
+            for i in range(n // 2):
+                BenchMaster.objects.create(name=f'outbox {label} {i}', value=i)
+            autocommit = time.perf_counter() - start
+            start = time.perf_counter()
+            with transaction.atomic():
+                for i in range(n // 2):
+                    BenchMaster.objects.create(name=f'outbox batch {label} {i}', value=i)
+            batch = time.perf_counter() - start
+            RabbitMQTransport.flush()
+            outbox.flush_published()
+        for key, seconds in (('autocommit', autocommit), ('transaction', batch)):
+            name = f'outbox_{label}_{key}_saves_per_s'
+            result[name] = result.get(name, 0) + round((n // 2) / seconds / 2)
+    for key in ('autocommit', 'transaction'):
+        result[f'outbox_{key}_ratio'] = round(
+            result[f'outbox_on_{key}_saves_per_s'] / result[f'outbox_off_{key}_saves_per_s'], 3
+        )
+    result['outbox_rows_left'] = CQRSOutboxMessage.objects.count()
+    return result
+
+
 def bench_consume(n: int, workers: int, replica_env: dict[str, str]) -> float:
     """Publish n new rows with no consumer running, then time the consumer applying them."""
     from django.db import transaction
@@ -242,6 +280,8 @@ def main() -> None:
         result.update(bench_autocommit(args.n))
         _declare_and_purge()
         result.update(bench_transaction(args.n))
+        _declare_and_purge()
+        result.update(bench_outbox(args.n))
         result['consume_msgs_per_s_1_worker'] = bench_consume(args.n, 1, replica_env)
         result['consume_msgs_per_s_2_workers'] = bench_consume(args.n, 2, replica_env)
         result.update(bench_latency(replica_env))

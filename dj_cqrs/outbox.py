@@ -16,6 +16,7 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
+import ujson
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
@@ -28,6 +29,11 @@ from dj_cqrs.utils import get_message_expiration_dt
 
 OutboxRef = tuple[str, int]
 
+_INSERT_SQL = (
+    'INSERT INTO dj_cqrs_outbox '
+    '(created, cqrs_id, instance_pk, signal_type, queue, previous_data, payload) '
+    'VALUES (%s, %s, %s, %s, %s, %s, %s)'
+)
 _DELETE_BATCH = 200
 _DELETE_INTERVAL = 1.0
 
@@ -46,18 +52,22 @@ def record(
     previous_data: dict | None = None,
     payload: dict | None = None,
 ) -> OutboxRef:
-    """Write an outbox row in the current transaction of ``using``."""
-    from dj_cqrs.models import CQRSOutboxMessage
-
-    row = CQRSOutboxMessage.objects.using(using).create(
-        cqrs_id=cqrs_id,
-        instance_pk=str(instance_pk),
-        signal_type=signal_type,
-        queue=queue,
-        previous_data=previous_data,
-        payload=payload,
-    )
-    return using, row.id
+    """Write an outbox row in the current transaction of ``using`` (one INSERT, no ORM)."""
+    connection = connections[using]
+    params = [
+        connection.ops.adapt_datetimefield_value(timezone.now()),
+        cqrs_id,
+        str(instance_pk),
+        signal_type,
+        queue,
+        None if previous_data is None else ujson.dumps(previous_data),
+        None if payload is None else ujson.dumps(payload),
+    ]
+    returning = connection.features.can_return_columns_from_insert
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_SQL + (' RETURNING id' if returning else ''), params)
+        row_id = cursor.fetchone()[0] if returning else cursor.lastrowid
+    return using, row_id
 
 
 def attach(payload: TransportPayload, ref: OutboxRef | None) -> None:
