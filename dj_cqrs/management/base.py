@@ -8,11 +8,13 @@ import os
 import sys
 from collections.abc import Iterator
 from datetime import datetime
+from itertools import chain
 from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import FieldError, ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -94,6 +96,27 @@ class CQRSCommand(BaseCommand):
             raise CommandError(f'Bad filter for {model.CQRS_ID}: {message}') from exc
         return queryset
 
+    def write_listing(self, options: dict, name: str, fields: tuple[str, ...], encode) -> None:
+        """Print ``<CQRS_ID>,<now>``, then ``encode(batch)`` as one JSON line per batch.
+
+        The time is taken before the first read, so rows changed later are recognisable; a
+        failing first query prints nothing at all.
+        """
+        model = self.get_model(options['cqrs_id'])
+        require_table(model, name)
+        queryset = self.filtered_queryset(model, options['filter'])
+        batches = iter_value_batches(queryset, fields, self.batch_size(options))
+        header = f'{model.CQRS_ID},{now_header()}'
+        try:
+            first = next(batches, None)
+        except DatabaseError as exc:
+            raise CommandError(f'{name}: {str(exc).splitlines()[0]}') from exc
+        write_line(self, header)
+        if first is None:
+            return
+        for batch in chain([first], batches):
+            write_line(self, dump_line(encode(batch)))
+
     def progress(self, total: int | None, enabled: bool, unit: str = 'rows') -> tqdm:
         """A progress bar on stderr (done / total, rate, time left), silent unless enabled."""
         return tqdm(
@@ -108,22 +131,16 @@ class CQRSCommand(BaseCommand):
 
 def iter_batches(queryset: QuerySet, batch_size: int) -> Iterator[list[Model]]:
     """Rows of ``queryset`` in pk order, ``batch_size`` per query (keyset pagination)."""
-    queryset = queryset.order_by('pk')
-    last = None
-    while True:
-        page = queryset if last is None else queryset.filter(pk__gt=last)
-        batch = list(page[:batch_size])
-        if not batch:
-            return
-        yield batch
-        if len(batch) < batch_size:
-            return
-        last = batch[-1].pk
+    return _keyset(queryset.order_by('pk'), batch_size, lambda row: row.pk)
 
 
 def iter_value_batches(queryset: QuerySet, fields: tuple[str, ...], batch_size: int):
     """Like ``iter_batches``, for ``values_list(*fields)`` rows; the first field is the pk."""
-    queryset = queryset.order_by('pk').values_list(*fields)
+    return _keyset(queryset.order_by('pk').values_list(*fields), batch_size, lambda row: row[0])
+
+
+def _keyset(queryset: QuerySet, batch_size: int, pk_of: Any) -> Iterator[list]:
+    """``WHERE pk > last ORDER BY pk LIMIT batch_size`` pages: never OFFSET."""
     last = None
     while True:
         page = queryset if last is None else queryset.filter(pk__gt=last)
@@ -133,7 +150,7 @@ def iter_value_batches(queryset: QuerySet, fields: tuple[str, ...], batch_size: 
         yield batch
         if len(batch) < batch_size:
             return
-        last = batch[-1][0]
+        last = pk_of(batch[-1])
 
 
 def json_pk(value: Any) -> Any:

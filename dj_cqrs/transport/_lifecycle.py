@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.registries import ReplicaRegistry
 
@@ -36,6 +38,51 @@ class StopFlag:
         return self._event.wait(seconds)
 
 
+def consume_until_stopped(
+    stop: StopFlag,
+    connect: Callable[[], Any],
+    consume_on: Callable[[Any], None],
+    close: Callable[[Any], None],
+    errors: tuple[type[BaseException], ...],
+    location: str,
+    first_delay: float = 1,
+    max_delay: float = 30,
+) -> None:
+    """Connect, consume, and after losing the broker connect again, until ``stop`` is set.
+
+    Waits ``first_delay`` seconds after a failed attempt, doubling up to ``max_delay``.
+    """
+    delay = first_delay
+    while not stop.is_set():
+        try:
+            connection = connect()
+        except errors as exc:
+            logger.error(
+                'CQRS consumer cannot connect to %s (%s); retrying in %s s.',
+                location,
+                type(exc).__name__,
+                delay,
+            )
+            stop.wait(delay)
+            delay = min(delay * 2, max_delay)
+            continue
+        delay = first_delay
+        try:
+            consume_on(connection)
+        except errors as exc:
+            logger.error(
+                'CQRS consumer lost the connection to %s (%s); reconnecting.',
+                location,
+                type(exc).__name__,
+            )
+            stop.wait(delay)
+        finally:
+            try:
+                close(connection)
+            except Exception:
+                pass
+
+
 def replica_cqrs_ids(cqrs_ids: Iterable[str] | None = None) -> list[str]:
     """The CQRS_IDs this worker consumes: all replica models, or the given subset."""
     return sorted(ReplicaRegistry.models) if not cqrs_ids else sorted(set(cqrs_ids))
@@ -51,3 +98,31 @@ def replica_bindings(cqrs_ids: Iterable[str] | None = None) -> list[tuple[str, s
         bindings.append((queue, f'cqrs.{queue}.{cqrs_id}'))
         bindings.append((dead_letter_queue, f'cqrs.{dead_letter_queue}.{cqrs_id}'))
     return bindings
+
+
+class BrokerTransportMixin:
+    """What the broker transports share: a per-process publisher and a stop flag.
+
+    Subclasses set ``_publisher`` (with ``close()`` and ``connections_opened``) and ``_stop``.
+    """
+
+    CONSUMER_RETRY_TIMEOUT = 1
+    MAX_RECONNECT_DELAY = 30
+
+    _publisher: Any
+    _stop: StopFlag
+
+    @classmethod
+    def clean_connection(cls, *args: Any, **kwargs: Any) -> None:
+        """Close this process's publishing connection."""
+        cls._publisher.close()
+
+    @classmethod
+    def connections_opened(cls) -> int:
+        """How many publishing connections this process has opened."""
+        return cls._publisher.connections_opened
+
+    @classmethod
+    def stop(cls) -> None:
+        """Ask a running ``consume()`` loop to stop after the messages in hand."""
+        cls._stop.set()

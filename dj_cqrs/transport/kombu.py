@@ -12,12 +12,18 @@ from typing import Any
 
 import kombu
 import ujson
+from kombu.exceptions import OperationalError
 
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport._consuming import Delivery, Worker
-from dj_cqrs.transport._lifecycle import StopFlag, replica_bindings
+from dj_cqrs.transport._lifecycle import (
+    BrokerTransportMixin,
+    StopFlag,
+    consume_until_stopped,
+    replica_bindings,
+)
 from dj_cqrs.transport.base import BaseTransport
 from dj_cqrs.transport.mixins import LoggingMixin
 from dj_cqrs.transport.rabbit_mq import produced_routing_key
@@ -125,11 +131,8 @@ class _KombuPublisher:
                     pass
 
 
-class KombuTransport(LoggingMixin, BaseTransport):
+class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
     """Transport over any Kombu broker URL."""
-
-    CONSUMER_RETRY_TIMEOUT = 1
-    MAX_RECONNECT_DELAY = 30
 
     _publisher = _KombuPublisher()
     _stop = StopFlag()
@@ -154,52 +157,30 @@ class KombuTransport(LoggingMixin, BaseTransport):
         return True
 
     @classmethod
-    def clean_connection(cls, *args: Any, **kwargs: Any) -> None:
-        cls._publisher.close()
-
-    @classmethod
-    def connections_opened(cls) -> int:
-        return cls._publisher.connections_opened
-
-    @classmethod
-    def stop(cls) -> None:
-        cls._stop.set()
-
-    @classmethod
     def consume(cls, cqrs_ids: Iterable[str] | None = None, **kwargs: Any) -> None:
         """Consume the replica queue until SIGTERM / SIGINT, reconnecting after broker loss."""
         cls._stop.install()
-        delay = cls.CONSUMER_RETRY_TIMEOUT
-        while not cls._stop.is_set():
+        probe = _connection()
+
+        def connect() -> kombu.Connection:
             connection = _connection()
             try:
                 connection.ensure_connection(max_retries=1)
-            except Exception as exc:
-                logger.error(
-                    'CQRS consumer cannot connect to %s (%s); retrying in %s s.',
-                    _location(connection),
-                    type(exc).__name__,
-                    delay,
-                )
+            except Exception:
                 connection.release()
-                cls._stop.wait(delay)
-                delay = min(delay * 2, cls.MAX_RECONNECT_DELAY)
-                continue
-            delay = cls.CONSUMER_RETRY_TIMEOUT
-            try:
-                cls._consume_on(connection, cqrs_ids)
-            except (*connection.connection_errors, *connection.channel_errors, OSError) as exc:
-                logger.error(
-                    'CQRS consumer lost the connection to %s (%s); reconnecting.',
-                    _location(connection),
-                    type(exc).__name__,
-                )
-                cls._stop.wait(delay)
-            finally:
-                try:
-                    connection.release()
-                except Exception:
-                    pass
+                raise
+            return connection
+
+        consume_until_stopped(
+            cls._stop,
+            connect,
+            lambda connection: cls._consume_on(connection, cqrs_ids),
+            lambda connection: connection.release(),
+            (*probe.connection_errors, *probe.channel_errors, OSError, OperationalError),
+            _location(probe),
+            cls.CONSUMER_RETRY_TIMEOUT,
+            cls.MAX_RECONNECT_DELAY,
+        )
 
     @classmethod
     def _queues(cls, cqrs_ids: Any) -> tuple[kombu.Queue, kombu.Queue]:

@@ -25,7 +25,12 @@ from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.constants import SignalType
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport._consuming import Delivery, Worker
-from dj_cqrs.transport._lifecycle import StopFlag, replica_bindings
+from dj_cqrs.transport._lifecycle import (
+    BrokerTransportMixin,
+    StopFlag,
+    consume_until_stopped,
+    replica_bindings,
+)
 from dj_cqrs.transport.base import BaseTransport
 from dj_cqrs.transport.mixins import LoggingMixin
 
@@ -281,11 +286,8 @@ class _Publisher:
         self.close()
 
 
-class RabbitMQTransport(LoggingMixin, BaseTransport):
+class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
     """Transport over RabbitMQ (AMQP 0-9-1) with pika."""
-
-    CONSUMER_RETRY_TIMEOUT = 1
-    MAX_RECONNECT_DELAY = 30
 
     _publisher = _Publisher()
     _stop = StopFlag()
@@ -327,55 +329,20 @@ class RabbitMQTransport(LoggingMixin, BaseTransport):
         return cls._publisher.flush(timeout)
 
     @classmethod
-    def clean_connection(cls, *args: Any, **kwargs: Any) -> None:
-        """Close this process's publishing connection."""
-        cls._publisher.close()
-
-    @classmethod
-    def connections_opened(cls) -> int:
-        """How many publishing connections this process has opened."""
-        return cls._publisher.connections_opened
-
-    @classmethod
-    def stop(cls) -> None:
-        """Ask a running ``consume()`` loop to stop after the message in hand."""
-        cls._stop.set()
-
-    @classmethod
     def consume(cls, cqrs_ids: Iterable[str] | None = None, **kwargs: Any) -> None:
         """Consume the replica queue until SIGTERM / SIGINT, reconnecting after broker loss."""
         cls._stop.install()
-        delay = cls.CONSUMER_RETRY_TIMEOUT
-        while not cls._stop.is_set():
-            params = connection_parameters()
-            try:
-                connection = pika.BlockingConnection(params)
-            except _CONNECTION_ERRORS as exc:
-                logger.error(
-                    'CQRS consumer cannot connect to %s (%s); retrying in %s s.',
-                    broker_location(params),
-                    type(exc).__name__,
-                    delay,
-                )
-                cls._stop.wait(delay)
-                delay = min(delay * 2, cls.MAX_RECONNECT_DELAY)
-                continue
-            delay = cls.CONSUMER_RETRY_TIMEOUT
-            try:
-                cls._consume_on(connection, cqrs_ids)
-            except _CONNECTION_ERRORS as exc:
-                logger.error(
-                    'CQRS consumer lost the connection to %s (%s); reconnecting.',
-                    broker_location(params),
-                    type(exc).__name__,
-                )
-                cls._stop.wait(delay)
-            finally:
-                try:
-                    if connection.is_open:
-                        connection.close()
-                except Exception:
-                    pass
+        params = connection_parameters()
+        consume_until_stopped(
+            cls._stop,
+            lambda: pika.BlockingConnection(params),
+            lambda connection: cls._consume_on(connection, cqrs_ids),
+            lambda connection: connection.is_open and connection.close(),
+            _CONNECTION_ERRORS,
+            broker_location(params),
+            cls.CONSUMER_RETRY_TIMEOUT,
+            cls.MAX_RECONNECT_DELAY,
+        )
 
     @classmethod
     def _consume_on(cls, connection: pika.BlockingConnection, cqrs_ids: Any) -> None:

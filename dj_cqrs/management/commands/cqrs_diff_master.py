@@ -3,19 +3,9 @@
 
 from __future__ import annotations
 
-from itertools import chain
-
-from django.core.management.base import CommandError
-from django.db import DatabaseError
-
 from dj_cqrs.management.base import (
     CQRSCommand,
-    dump_line,
-    iter_value_batches,
     json_pk,
-    now_header,
-    require_table,
-    write_line,
 )
 from dj_cqrs.registries import MasterRegistry
 
@@ -35,21 +25,9 @@ class Command(CQRSCommand):
         self.add_batch_argument(parser)
 
     def handle(self, *args, **options):
-        model = self.get_model(options['cqrs_id'])
-        require_table(model, NAME)
-        queryset = self.filtered_queryset(model, options['filter'])
-        batch_size = self.batch_size(options)
-
-        # The time is taken before the first read: rows changed later get a newer revision.
-        header = f'{model.CQRS_ID},{now_header()}'
-        batches = iter_value_batches(queryset, ('pk', 'cqrs_revision'), batch_size)
-        try:
-            first = next(batches, None)
-        except DatabaseError as exc:
-            raise CommandError(f'{NAME}: {str(exc).splitlines()[0]}') from exc
-
-        write_line(self, header)
-        if first is None:
-            return
-        for batch in chain([first], batches):
-            write_line(self, dump_line([[json_pk(pk), revision] for pk, revision in batch]))
+        self.write_listing(
+            options,
+            NAME,
+            ('pk', 'cqrs_revision'),
+            lambda batch: [[json_pk(pk), revision] for pk, revision in batch],
+        )
