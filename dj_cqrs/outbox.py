@@ -70,6 +70,16 @@ def record(
     return using, row_id
 
 
+def update_previous_data(ref: OutboxRef, previous_data: dict | None) -> None:
+    """Keep a SAVE row's tracked previous values complete after another save in its transaction."""
+    using, row_id = ref
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            'UPDATE dj_cqrs_outbox SET previous_data = %s WHERE id = %s',
+            [None if previous_data is None else ujson.dumps(previous_data), row_id],
+        )
+
+
 def attach(payload: TransportPayload, ref: OutboxRef | None) -> None:
     """Remember on the payload which outbox row it settles (never sent over the wire)."""
     payload._cqrs_outbox = ref

@@ -24,6 +24,7 @@ from dj_cqrs.utils import (
 )
 
 _DELETED_ATTR = '_cqrs_deleted'
+_OUTBOX_ATTR = '_cqrs_outbox_ref'
 
 post_bulk_create = Signal()
 """Sent by ``MasterManager.bulk_create``: ``sender`` model, ``instances``, ``using``."""
@@ -61,6 +62,9 @@ class MasterSignals:
         if not (sender.CQRS_PRODUCE and instance.is_sync_instance()):
             return
         if _on_commit.is_pending(instance, using):
+            ref = instance.__dict__.get(_OUTBOX_ATTR)
+            if ref is not None and sender.CQRS_TRACKED_FIELDS:
+                outbox.update_previous_data(ref, instance.get_tracked_fields_data())
             return
         cache = _current_bulk_relate_cache(sender)
         if cache is not None:
@@ -74,6 +78,7 @@ class MasterSignals:
                 SignalType.SAVE,
                 previous_data=instance.get_tracked_fields_data(),
             )
+            instance.__dict__[_OUTBOX_ATTR] = ref
         _on_commit.schedule(
             instance, using, lambda: _produce_save(sender, instance, using, sync, queue, ref)
         )
