@@ -97,6 +97,8 @@ def replica_bindings(cqrs_ids: Iterable[str] | None = None) -> list[tuple[str, s
         bindings.append((queue, cqrs_id))
         bindings.append((queue, f'cqrs.{queue}.{cqrs_id}'))
         bindings.append((dead_letter_queue, f'cqrs.{dead_letter_queue}.{cqrs_id}'))
+    # Beyond the original: dead letters of CQRS_IDs this service does not know are kept too.
+    bindings.append((dead_letter_queue, f'cqrs.{dead_letter_queue}.#'))
     return bindings
 
 

@@ -45,6 +45,9 @@ _MAX_UNCONFIRMED = 10000
 # Confirms are read by every publish; returned messages are dispatched every N publishes
 # (and by flush()), which saves a poll per message.
 _DISPATCH_EVERY = 64
+# After a failed connection attempt, publishes fail at once for this long instead of making
+# every request wait for its own attempt.
+_UNREACHABLE_PAUSE = 1.0
 
 
 def connection_parameters() -> pika.ConnectionParameters:
@@ -114,6 +117,7 @@ class _Publisher:
         self._nacked: list[tuple] = []
         self._next_tag = 0
         self._published = 0
+        self._unreachable_until = 0.0
         self._confirms = False
         self.connections_opened = 0
         atexit.register(self._flush_at_exit)
@@ -133,9 +137,12 @@ class _Publisher:
         """
         message = (exchange, routing_key, body, properties, on_confirm)
         with self._lock:
+            was_open = self._connection is not None and self._pid == os.getpid()
             try:
                 self._publish_once(message)
             except _CONNECTION_ERRORS as exc:
+                if not was_open:
+                    raise
                 logger.warning(
                     'CQRS publish to %s failed (%s), retrying on a new connection.',
                     broker_location(),
@@ -214,8 +221,14 @@ class _Publisher:
         ):
             return
         self._drop()
+        if time.monotonic() < self._unreachable_until:
+            raise pika_exceptions.AMQPConnectionError('the broker was unreachable a moment ago')
         params = connection_parameters()
-        self._connection = pika.BlockingConnection(params)
+        try:
+            self._connection = pika.BlockingConnection(params)
+        except _CONNECTION_ERRORS:
+            self._unreachable_until = time.monotonic() + _UNREACHABLE_PAUSE
+            raise
         self.connections_opened += 1
         channel = self._connection.channel()
         channel.exchange_declare(cqrs_settings.exchange, 'topic', durable=True)
@@ -364,10 +377,14 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         def publish(routing_key: str, body: str, expiration: str | None) -> None:
             try:
                 publish_channel.basic_publish(
-                    exchange, routing_key, body.encode(), message_properties(expiration)
+                    exchange,
+                    routing_key,
+                    body.encode(),
+                    message_properties(expiration),
+                    mandatory=True,
                 )
             except pika_exceptions.UnroutableError:
-                logger.error('CQRS message to %s could not be routed.', routing_key)
+                logger.error('CQRS message to %s could not be routed: dropped.', routing_key)
 
         worker = Worker(
             cls,

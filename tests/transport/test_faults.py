@@ -1,0 +1,465 @@
+"""Fault injection against real processes and real RabbitMQ nodes (SPEC §3, §6, the outbox).
+
+The master is this pytest process (``master`` fixture); replicas are ``cqrs_consume``
+processes with SQLite files of their own (``replica_service``). Faults: the broker is stopped
+(``private_broker.stop_app()``, the port closes) while the master writes or while a worker
+consumes, a worker is SIGKILLed in the middle of a stream, and hand-made poison messages are
+fed to a worker. Every test ends by comparing the master table and the replica table row for
+row: ``(id, cqrs_revision)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+
+import pika
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import transaction
+from django.test import override_settings
+
+from dj_cqrs.models import CQRSOutboxMessage
+from dj_cqrs.transport import RabbitMQTransport
+from tests.dj_master.models import SimplestModel
+from tests.transport.conftest import wait_for
+from tests.transport.private_broker import port_open
+
+SIMPLEST = 'dj_replica_simplestreplica'
+RECONNECT = re.compile(r'CQRS consumer (lost the connection|cannot connect)')
+OUTCOME = re.compile(r'CQRS message rejected|is added to dead letter queue')
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker(private_broker):
+    """The module's private RabbitMQ node, running again after the test whatever happened."""
+    yield private_broker
+    if not port_open(private_broker.port):
+        private_broker.start_app()
+
+
+def outbox_on():
+    """``settings.CQRS['master']['outbox'] = True`` on top of what ``master(...)`` set."""
+    return override_settings(
+        CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], 'outbox': True}}
+    )
+
+
+def master_rows() -> list[tuple[int, int]]:
+    return sorted(SimplestModel.objects.values_list('id', 'cqrs_revision'))
+
+
+def replica_rows(replica) -> list[tuple[int, int]]:
+    return sorted(replica.query(f'SELECT id, cqrs_revision FROM {SIMPLEST}'))
+
+
+def assert_replica_equals_master(replica, timeout: float = 90) -> None:
+    """Wait until the replica table equals the master table; fail with a precise diff."""
+    expected = master_rows()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if replica_rows(replica) == expected:
+            return
+        time.sleep(0.2)
+    actual = replica_rows(replica)
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    assert actual == expected, (
+        f'replica != master after {timeout} s: master {len(expected)} rows, replica '
+        f'{len(actual)}; missing or stale {len(missing)} (first {missing[:10]}), unexpected '
+        f'{len(extra)} (first {extra[:10]})\nreplica log tail:\n{replica.log()[-3000:]}'
+    )
+
+
+def save_changes(ids: Iterable[int], update_every: int = 0) -> tuple[int, float]:
+    """Create a row per id; after every ``update_every`` creates also update an earlier row.
+
+    Returns the number of saves and the slowest save in seconds. Every save runs outside a
+    transaction, so its message is published (or fails to be) at once.
+    """
+    created: list[int] = []
+    saves, slowest = 0, 0.0
+    for pk in ids:
+        started = time.monotonic()
+        SimplestModel.objects.create(id=pk, name=f'row {pk}')
+        slowest = max(slowest, time.monotonic() - started)
+        saves += 1
+        created.append(pk)
+        if update_every and len(created) % update_every == 0:
+            row = SimplestModel.objects.get(id=created[len(created) // 2])
+            row.name = f'{row.name} updated'
+            started = time.monotonic()
+            row.save()
+            slowest = max(slowest, time.monotonic() - started)
+            saves += 1
+    return saves, slowest
+
+
+def create_in_transactions(ids: list[int], transactions: int) -> None:
+    """Create rows for ``ids`` in ``transactions`` transactions (published on each commit)."""
+    size = -(-len(ids) // transactions)
+    for start in range(0, len(ids), size):
+        with transaction.atomic():
+            for pk in ids[start : start + size]:
+                SimplestModel.objects.create(id=pk, name=f'row {pk}')
+
+
+def worker_pids(replica) -> list[int]:
+    result = subprocess.run(
+        ['pgrep', '-P', str(replica.process.pid)], capture_output=True, text=True, check=False
+    )
+    return [int(pid) for pid in result.stdout.split()]
+
+
+def wait_count_stable(replica, seconds: float = 2.0, timeout: float = 60) -> int:
+    """Wait until the replica row count has not changed for ``seconds``; return it."""
+    state = {'count': -1, 'since': time.monotonic()}
+
+    def stable():
+        count = replica.count()
+        if count != state['count']:
+            state.update(count=count, since=time.monotonic())
+            return False
+        return time.monotonic() - state['since'] >= seconds
+
+    wait_for(stable, timeout, interval=0.2, message='a stable replica row count')
+    return state['count']
+
+
+def relay_outbox() -> str:
+    err = io.StringIO()
+    call_command('cqrs_relay', '--once', '--min-age', '0', stderr=err)
+    return err.getvalue()
+
+
+# --- 1 & 2: the broker is down while the master writes ---------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outbox_keeps_every_change_made_while_the_broker_is_down(master, broker, replica_service):
+    master(url=broker.url)
+    replica = replica_service(url=broker.url).start('-w', '1')
+    replica.wait_ready()
+
+    with outbox_on():
+        broker.stop_app()
+        try:
+            saves, slowest = save_changes(range(1, 801), update_every=4)
+        finally:
+            broker.start_app()
+        print(f'{saves} saves with the broker down, slowest {slowest:.3f} s')
+        assert saves == 1000
+        assert SimplestModel.objects.count() == 800
+        assert CQRSOutboxMessage.objects.count() == 1000, 'every change has its outbox row'
+
+        print(relay_outbox())
+        assert_replica_equals_master(replica)
+        assert CQRSOutboxMessage.objects.count() == 0
+
+    log = replica.log()
+    assert RECONNECT.search(log), log[-3000:]
+    assert 'exited with code' not in log, log[-3000:]
+    assert replica.process.poll() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_outbox_changes_made_while_the_broker_is_down_are_lost(
+    master, broker, replica_service
+):
+    master(url=broker.url)
+    replica = replica_service(url=broker.url).start('-w', '1')
+    replica.wait_ready()
+    save_changes(range(1, 11))
+    assert_replica_equals_master(replica)
+
+    broker.stop_app()
+    try:
+        saves, slowest = save_changes(range(11, 811), update_every=4)
+    finally:
+        broker.start_app()
+    print(f'{saves} saves with the broker down, slowest {slowest:.3f} s')
+    assert saves == 1000
+
+    # Rows written after the restart reach the replica: the consumer is back.
+    save_changes(range(100_001, 100_011))
+    wait_for(
+        lambda: replica.query(f'SELECT COUNT(*) FROM {SIMPLEST} WHERE id > 100000')[0][0] == 10,
+        90,
+        interval=0.2,
+        message='rows saved after the restart on the replica',
+    )
+    replica_count = wait_count_stable(replica)
+    master_count = SimplestModel.objects.count()
+    missing = sorted(set(master_rows()) - set(replica_rows(replica)))
+    print(f'without the outbox: master {master_count} rows, replica {replica_count}')
+    assert CQRSOutboxMessage.objects.count() == 0, 'the outbox is off: nothing to relay'
+    assert replica_count < master_count
+    assert missing and all(10 < pk <= 810 for pk, _ in missing), missing[:20]
+    assert RabbitMQTransport.flush(), 'what was published after the restart is confirmed'
+
+
+# --- 3: a worker is SIGKILLed in the middle of a stream --------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sigkilled_worker_loses_nothing(master, replica_service):
+    total = 5000
+    master()
+    replica = replica_service().start('-w', '1')
+    replica.wait_ready()
+    (victim,) = wait_for(lambda: worker_pids(replica), 10, message='the worker pid')
+
+    killed: dict[str, int] = {}
+    stop = threading.Event()
+
+    def kill_in_the_middle():
+        while not stop.is_set():
+            count = replica.count()
+            if count >= total:
+                killed['too_late'] = count
+                return
+            if count >= 1:
+                os.kill(victim, signal.SIGKILL)
+                killed['at'] = count
+                return
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_in_the_middle, daemon=True)
+    killer.start()
+    try:
+        create_in_transactions(list(range(1, total + 1)), 5)
+        killer.join(60)
+    finally:
+        stop.set()
+    assert 'at' in killed, f'the worker was not killed in the middle: {killed}'
+    print(f'worker {victim} SIGKILLed with {killed["at"]} of {total} rows on the replica')
+
+    wait_for(lambda: 'exited with code' in replica.log(), 30, message='the supervisor noticing')
+    replica.wait_ready(workers=2, timeout=60)
+    assert_replica_equals_master(replica, timeout=120)
+    new_workers = worker_pids(replica)
+    assert len(new_workers) == 1 and victim not in new_workers, new_workers
+
+
+# --- 4: RabbitMQ restarts while a worker consumes --------------------------------------------
+
+
+class ReplicaWriteLock:
+    """Holds the write lock of a replica's SQLite file from the moment it has ``at_least`` rows.
+
+    A worker then stops in the middle of a batch (busy-waiting on the lock, its deliveries
+    unacknowledged) until ``release()``: a slow database, which keeps the stream in flight
+    while the broker goes away.
+    """
+
+    def __init__(self, replica, at_least: int, total: int) -> None:
+        self.connection = sqlite3.connect(
+            replica.db_path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self.at_least, self.total = at_least, total
+        self.locked_at: int | None = None
+        self.too_late: int | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.done.is_set():
+                count = self.connection.execute(f'SELECT COUNT(*) FROM {SIMPLEST}').fetchone()[0]
+                if count >= self.total:
+                    self.too_late = count
+                    return
+                if count >= self.at_least:
+                    self.connection.execute('BEGIN IMMEDIATE')
+                    self.locked_at = count
+                    return
+                time.sleep(0.002)
+        finally:
+            self.done.set()
+
+    def release(self) -> None:
+        self.done.set()
+        self.thread.join(35)
+        if self.connection.in_transaction:
+            self.connection.execute('ROLLBACK')
+        self.connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_reconnects_after_a_broker_restart(master, broker, replica_service):
+    master(url=broker.url)
+    replica = replica_service(url=broker.url).start('-w', '1')
+    replica.wait_ready()
+    (worker,) = wait_for(lambda: worker_pids(replica), 10, message='the worker pid')
+
+    lock = ReplicaWriteLock(replica, at_least=1, total=1500)
+    try:
+        create_in_transactions(list(range(1, 1501)), 3)
+        wait_for(lock.done.is_set, 60, message='the replica starting to apply the stream')
+        assert lock.locked_at is not None, f'all {lock.too_late} rows applied before the lock'
+        broker.stop_app()
+    finally:
+        lock.release()
+    try:
+        wait_for(lambda: RECONNECT.search(replica.log()), 30, message='the worker losing it')
+        at_restart = replica.count()
+    finally:
+        broker.start_app()
+    print(
+        f'broker stopped with {lock.locked_at} of 1500 rows applied and the worker stuck in a '
+        f'batch; {at_restart} rows when restarted'
+    )
+
+    create_in_transactions(list(range(1501, 3001)), 3)
+    assert_replica_equals_master(replica, timeout=120)
+    assert RabbitMQTransport.flush()
+
+    log = replica.log()
+    assert 'exited with code' not in log, log[-3000:]
+    assert replica.process.poll() is None
+    assert worker_pids(replica) == [worker], 'the same worker reconnected by itself'
+    assert log.count('CQRS consumer is ready') >= 2, log[-3000:]
+
+
+# --- 5: poison messages ----------------------------------------------------------------------
+
+UPDATED = '2024-01-01T00:00:00+00:00'
+
+
+def _message(pk: int, **changes) -> bytes:
+    """A well-formed SAVE of SimplestReplica ``pk`` with ``changes`` (``None`` drops a key)."""
+    body = {
+        'signal_type': 'SAVE',
+        'cqrs_id': 'simplest',
+        'instance_data': {'id': pk, 'name': 'poison', 'cqrs_revision': 0, 'cqrs_updated': UPDATED},
+        'previous_data': None,
+        'instance_pk': pk,
+        'correlation_id': f'poison-{pk}',
+        'retries': 0,
+        'expires': None,
+        'meta': None,
+    }
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key)
+        else:
+            body[key] = value
+    return json.dumps(body).encode()
+
+
+def _data(pk: int, **changes) -> dict:
+    data = {'id': pk, 'name': 'poison', 'cqrs_revision': 0, 'cqrs_updated': UPDATED}
+    data.update(changes)
+    return data
+
+
+POISON = [
+    # (kind, routing key, body)
+    ('not JSON', 'simplest', b'{"signal_type": "SAVE", "cqrs_id": '),
+    ('empty body', 'simplest', b''),
+    ('JSON list', 'simplest', b'[1, 2, 3]'),
+    ('JSON string', 'simplest', b'"SAVE simplest 1"'),
+    ('JSON number', 'simplest', b'42'),
+    ('JSON null', 'simplest', b'null'),
+    ('missing instance_pk', 'simplest', _message(9001, instance_pk=None)),
+    ('missing signal_type', 'simplest', _message(9002, signal_type=None)),
+    ('missing cqrs_id', 'simplest', _message(9003, cqrs_id=None)),
+    ('missing instance_data', 'simplest', _message(9004, instance_data=None)),
+    ('cqrs_id is an int', 'simplest', _message(9005, cqrs_id=7)),
+    ('signal_type is a list', 'simplest', _message(9006, signal_type=['SAVE'])),
+    ('retries is a string', 'simplest', _message(9007, retries='3')),
+    ('retries is a bool', 'simplest', _message(9008, retries=True)),
+    ('expires is an impossible date', 'simplest', _message(9009, expires='2024-13-45T99:00:00')),
+    ('unknown signal type', 'simplest', _message(9010, signal_type='EXPLODE')),
+    ('unknown CQRS_ID', 'nope', _message(9011, cqrs_id='nope')),
+    ('instance_data is a list', 'simplest', _message(9012, instance_data=[9012, 'poison'])),
+    ('instance_data is a string', 'simplest', _message(9013, instance_data='id=9013')),
+    (
+        'instance_data without cqrs_revision',
+        'simplest',
+        _message(9014, instance_data={'id': 9014, 'name': 'poison', 'cqrs_updated': UPDATED}),
+    ),
+    (
+        'absurd revision 10**30',
+        'simplest',
+        _message(9015, instance_data=_data(9015, cqrs_revision=10**30)),
+    ),
+    (
+        'revision is a string',
+        'simplest',
+        _message(9016, instance_data=_data(9016, cqrs_revision='many')),
+    ),
+    (
+        'DELETE without id',
+        'simplest',
+        _message(
+            9017, signal_type='DELETE', instance_data={'cqrs_revision': 1, 'cqrs_updated': UPDATED}
+        ),
+    ),
+    ('huge body (5 MB JSON list)', 'simplest', json.dumps(['x' * 1000] * 5000).encode()),
+    (
+        'huge SAVE (5 MB name, no cqrs_updated)',
+        'simplest',
+        _message(9018, instance_data={'id': 9018, 'name': 'x' * 5_000_000, 'cqrs_revision': 0}),
+    ),
+    ('non-UTF-8 bytes', 'simplest', b'\xff\xfe{"cqrs_id": "simplest"}\x80\x81'),
+]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_poison_messages_are_logged_and_the_worker_carries_on(
+    master, names, amqp_url, replica_service
+):
+    master()
+    replica = replica_service(CQRS_TEST_MAX_RETRIES=0).start('-w', '1')
+    replica.wait_ready()
+    (worker,) = wait_for(lambda: worker_pids(replica), 10, message='the worker pid')
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_bind(names['queue'], names['exchange'], 'nope')
+        properties = pika.BasicProperties(content_type='text/plain', delivery_mode=2)
+        report, unlogged = [], []
+        for kind, routing_key, body in POISON:
+            before = len(OUTCOME.findall(replica.log()))
+            channel.basic_publish(names['exchange'], routing_key, body, properties)
+            deadline = time.monotonic() + 15
+            while len(OUTCOME.findall(replica.log())) <= before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            lines = [line for line in replica.log().splitlines() if OUTCOME.search(line)]
+            new = lines[before:]
+            outcome = new[0].split(' ', 4)[-1][:100] if new else 'NO LOG LINE'
+            report.append(f'{kind:38} {outcome}')
+            if not new:
+                unlogged.append(kind)
+    finally:
+        connection.close()
+    print('\n'.join(report))
+
+    save_changes(range(1, 4))
+    assert_replica_equals_master(replica)
+    assert replica_rows(replica) == [(1, 0), (2, 0), (3, 0)]
+
+    log = replica.log()
+    outcomes = len(OUTCOME.findall(log))
+    assert not unlogged, f'poison messages without a log line: {unlogged}'
+    assert outcomes >= len(POISON), f'{outcomes} log lines for {len(POISON)} poison messages'
+    assert replica.process.poll() is None
+    assert 'exited with code' not in log, log[-3000:]
+    assert log.count('CQRS consumer is ready') == 1, 'the worker never restarted'
+    assert worker_pids(replica) == [worker]
