@@ -118,6 +118,7 @@ class Worker:
         ack: Callable[[Delivery], None],
         reject: Callable[[Delivery], None],
         publish: Callable[[str, str, str | None], None],
+        delay_queue_max_size: int | None | bool = False,
     ) -> None:
         self.transport = transport
         self.queue = queue
@@ -125,7 +126,9 @@ class Worker:
         self.ack = ack
         self.reject = reject
         self.publish = publish
-        self.delay_queue = DelayQueue(cqrs_settings.replica.delay_queue_max_size)
+        if delay_queue_max_size is False:
+            delay_queue_max_size = cqrs_settings.replica.delay_queue_max_size
+        self.delay_queue = DelayQueue(delay_queue_max_size)
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
         """Apply received deliveries: one transaction, a savepoint each, acks after commit."""

@@ -204,6 +204,7 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         dead(channel).declare()
         producer = kombu.Producer(connection.channel(), exchange=_exchange())
         inbox: list[Delivery] = []
+        prefetch = cqrs_settings.consumer_prefetch_count
 
         def on_message(message: Any) -> None:
             routing_key = message.delivery_info.get('routing_key', '')
@@ -218,9 +219,12 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
             ack=lambda d: d.handle.ack(),
             reject=lambda d: d.handle.reject(requeue=False),
             publish=publish,
+            # Delayed messages stay unacknowledged and count against the prefetch: keep room
+            # for at least one new message, requeueing the earliest due when full.
+            delay_queue_max_size=max(1, prefetch - 1) if prefetch else None,
         )
         consumer = kombu.Consumer(channel, queues=[queue], on_message=on_message, no_ack=False)
-        consumer.qos(prefetch_count=cqrs_settings.consumer_prefetch_count)
+        consumer.qos(prefetch_count=prefetch)
         consumer.consume()
         logger.info('CQRS consumer is ready: queue %s at %s.', queue.name, _location(connection))
         while not cls._stop.is_set():
