@@ -9,8 +9,8 @@ scripts/services.sh up || exit 1
 trap 'scripts/services.sh down' EXIT
 
 status=0
-echo "== suite on SQLite, with RabbitMQ and Redis =="
-"$PY" -m pytest --cov=dj_cqrs --cov-report= "$@" || status=1
+echo "== suite and multi-service integration tests on SQLite, with RabbitMQ and Redis =="
+"$PY" -m pytest tests integration_tests --cov=dj_cqrs --cov-report= "$@" || status=1
 echo "== core suite on PostgreSQL =="
 "$PY" -m pytest tests --ignore=tests/transport --ds=tests.settings_pg \
   --cov=dj_cqrs --cov-append --cov-report=term "$@" || status=1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start or stop the servers the test suite and the demo need.
-#   scripts/services.sh up [rabbitmq] [redis] [postgres]   start what is not reachable yet
+#   scripts/services.sh up [rabbitmq] [redis] [postgres] [browser]
+#                                               start what is not reachable yet
 #   scripts/services.sh down                    stop only what `up` started
 # Missing Debian packages are installed when run as root; otherwise the servers must already
 # be running (the script says which one is missing).
@@ -108,10 +109,22 @@ postgres_down() {
   rm -f "$RUN_DIR/postgres.started"
 }
 
+browser_up() {
+  # Not a server: the headless Chromium and its driver for the browser test.
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "services: chromium and chromium-driver are missing (apt-get install chromium chromium-driver)." >&2
+    exit 1
+  fi
+  ensure_packages chromium:chromium chromedriver:chromium-driver
+}
+
+browser_down() { :; }
+
 action=${1:-up}
 shift || true
 services=("$@")
-[ ${#services[@]} -eq 0 ] && services=(rabbitmq redis postgres)
+[ ${#services[@]} -eq 0 ] && services=(rabbitmq redis postgres browser)
 
 case "$action" in
   up)
@@ -121,6 +134,7 @@ case "$action" in
         rabbitmq) port_open 5672 || wanted+=(rabbitmq-server:rabbitmq-server) ;;
         redis) port_open 6379 || wanted+=(redis-server:redis-server) ;;
         postgres) port_open 5432 || wanted+=(pg_ctlcluster:postgresql) ;;
+        browser) wanted+=(chromium:chromium chromedriver:chromium-driver) ;;
       esac
     done
     [ "$(id -u)" = 0 ] && [ ${#wanted[@]} -gt 0 ] && ensure_packages "${wanted[@]}"
@@ -130,7 +144,7 @@ case "$action" in
     for s in "${services[@]}"; do "${s}_down"; done
     ;;
   *)
-    echo "usage: $0 up|down [rabbitmq] [redis] [postgres]" >&2
+    echo "usage: $0 up|down [rabbitmq] [redis] [postgres] [browser]" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,161 @@
+"""The demo master's Django admin in headless Chromium: "Synchronize selected books via CQRS".
+
+The demo master runs ``manage.py runserver``; a demo replica runs ``cqrs_consume``. Titles are
+changed on the master behind CQRS (``queryset.update()``, no message), so the replica shows
+them only after the SYNC that the admin action publishes. Needs the Debian packages
+``chromium`` and ``chromium-driver`` and the PyPI package ``selenium``: without them the test
+fails (it is never skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from integration_tests.conftest import TIMEOUT, books, seed_demo, wait_books_equal, wait_for
+
+CHROMIUM = '/usr/bin/chromium'
+CHROMEDRIVER = '/usr/bin/chromedriver'
+PASSWORD = 'correct-horse-battery-staple'
+
+CREATE_SUPERUSER = f"""
+import json
+from django.contrib.auth.models import User
+User.objects.create_superuser('admin', 'admin@example.com', {PASSWORD!r})
+print(json.dumps(User.objects.filter(is_superuser=True).count()))
+"""
+
+RETITLE_BEHIND_CQRS = """
+import json
+from catalog.models import Book
+print(json.dumps(Book.objects.filter(pk__in=PKS).update(title='Synced from the admin')))
+"""
+
+
+@pytest.fixture
+def open_browser(tmp_path):
+    """``open_browser()``: headless Chromium driven by Selenium 4 through Debian's chromedriver.
+
+    Called in the test body, so that a missing browser, driver or selenium is a test failure
+    with a clear message (not a skip, nor a setup error). The browser is closed at teardown.
+    """
+    drivers = []
+
+    def start():
+        missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+        if missing:
+            pytest.fail(
+                f'{" and ".join(missing)} not found: install the Debian packages chromium and '
+                'chromium-driver (apt-get install -y chromium chromium-driver)'
+            )
+        try:
+            from selenium import webdriver
+            from selenium.webdriver.chrome.service import Service as ChromeService
+        except ImportError as exc:
+            pytest.fail(f'selenium is not installed ({exc}): pip install selenium')
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for argument in (
+            '--headless=new',
+            '--no-sandbox',
+            '--disable-gpu',
+            '--disable-dev-shm-usage',
+            '--disable-background-networking',
+            '--disable-component-update',
+            '--disable-sync',
+            '--no-first-run',
+            f'--user-data-dir={tmp_path / "chromium-profile"}',
+            '--window-size=1400,1000',
+        ):
+            options.add_argument(argument)
+        service = ChromeService(CHROMEDRIVER, log_output=str(tmp_path / 'chromedriver.log'))
+        driver = webdriver.Chrome(options=options, service=service)
+        drivers.append(driver)
+        driver.set_page_load_timeout(TIMEOUT)
+        return driver
+
+    yield start
+    for driver in drivers:
+        driver.quit()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def start_runserver(master) -> str:
+    """``manage.py runserver`` of the demo master on a free port; returns its base URL."""
+    port = free_port()
+    server = master.spawn('runserver', f'127.0.0.1:{port}', '--noreload')
+    url = f'http://127.0.0.1:{port}'
+
+    def serving():
+        if server.poll() is not None:
+            pytest.fail(f'runserver exited with {server.returncode}:\n{master.log_tail()}')
+        try:
+            with urllib.request.urlopen(f'{url}/admin/login/', timeout=5) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_for(serving, message=lambda: f'runserver on {url}: {master.log_tail()}')
+    return url
+
+
+def test_admin_action_syncs_selected_books_to_the_replica(demo, open_browser, tmp_path):
+    browser = open_browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    master = demo.master()
+    replica = demo.replica()
+    replica.start_consumer(workers=1)
+    seeded = seed_demo(master, count=3)
+    wait_books_equal(master, replica)
+    selected, other = seeded['books'][:2], seeded['books'][2]
+    assert master.shell(CREATE_SUPERUSER) == 1
+    url = start_runserver(master)
+
+    # behind CQRS: the master's titles change, nothing is published
+    assert master.shell(RETITLE_BEHIND_CQRS.replace('PKS', repr(selected))) == 2
+    assert {books(replica)[pk]['title'] for pk in selected} == {'Book 1', 'Book 2'}
+
+    wait = WebDriverWait(browser, TIMEOUT)
+    try:
+        browser.get(f'{url}/admin/login/?next=/admin/')
+        browser.find_element(By.ID, 'id_username').send_keys('admin')
+        browser.find_element(By.ID, 'id_password').send_keys(PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
+        wait.until(expected_conditions.presence_of_element_located((By.ID, 'user-tools')))
+
+        browser.get(f'{url}/admin/catalog/book/')
+        wait.until(expected_conditions.presence_of_element_located((By.ID, 'result_list')))
+        assert 'Synced from the admin' in browser.find_element(By.ID, 'result_list').text
+        for pk in selected:
+            browser.find_element(By.CSS_SELECTOR, f'input.action-select[value="{pk}"]').click()
+        action = Select(browser.find_element(By.NAME, 'action'))
+        action.select_by_visible_text('Synchronize selected books via CQRS')
+        browser.find_element(By.CSS_SELECTOR, 'button[name="index"]').click()
+        message = wait.until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, '.messagelist'))
+        )
+        assert 'Successfully synced 2 books.' in message.text
+        assert 'Failed' not in message.text
+    finally:
+        browser.save_screenshot(str(tmp_path / 'admin.png'))
+
+    # the SYNCs reach the replica database
+    wait_for(
+        lambda: {books(replica)[pk]['title'] for pk in selected} == {'Synced from the admin'},
+        message=lambda: f'the SYNCed titles on the replica: {books(replica)}',
+    )
+    assert books(replica)[other]['title'] == 'Book 3'
+    assert books(replica) == books(master)
