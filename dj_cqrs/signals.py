@@ -158,7 +158,7 @@ def _build_payload(
         previous_data=previous_data,
         correlation_id=get_correlation_id(signal_type, model_cls.CQRS_ID, pk, queue),
         expires=get_message_expiration_dt(),
-        meta=meta or None,
+        meta=meta,
     )
 
 

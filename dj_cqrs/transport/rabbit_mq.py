@@ -45,8 +45,8 @@ _MAX_UNCONFIRMED = 10000
 # Confirms are read by every publish; returned messages are dispatched every N publishes
 # (and by flush()), which saves a poll per message.
 _DISPATCH_EVERY = 64
-# After a failed connection attempt, publishes fail at once for this long instead of making
-# every request wait for its own attempt.
+# With the outbox on (changes are kept), publishes fail at once for this long after a failed
+# connection attempt instead of making every request wait for its own attempt.
 _UNREACHABLE_PAUSE = 1.0
 
 
@@ -99,6 +99,17 @@ def produced_routing_key(payload: TransportPayload) -> str:
     return payload.cqrs_id
 
 
+def _abandon(connection: pika.BlockingConnection) -> None:
+    """Close a connection's socket at once: a Close handshake on a dead socket would block."""
+    transport = getattr(getattr(connection, '_impl', None), '_transport', None)
+    sock = getattr(transport, '_sock', None)
+    try:
+        if sock is not None:
+            sock.close()
+    except OSError:
+        pass
+
+
 class _Publisher:
     """The process's publishing connection and channel.
 
@@ -117,6 +128,7 @@ class _Publisher:
         self._nacked: list[tuple] = []
         self._next_tag = 0
         self._published = 0
+        self._unreachable: str | None = None
         self._unreachable_until = 0.0
         self._confirms = False
         self.connections_opened = 0
@@ -221,13 +233,16 @@ class _Publisher:
         ):
             return
         self._drop()
-        if time.monotonic() < self._unreachable_until:
-            raise pika_exceptions.AMQPConnectionError('the broker was unreachable a moment ago')
         params = connection_parameters()
+        location = broker_location(params)
+        if self._unreachable == location and time.monotonic() < self._unreachable_until:
+            raise pika_exceptions.AMQPConnectionError(f'{location} was unreachable a moment ago')
         try:
             self._connection = pika.BlockingConnection(params)
         except _CONNECTION_ERRORS:
-            self._unreachable_until = time.monotonic() + _UNREACHABLE_PAUSE
+            if outbox.is_enabled():
+                self._unreachable = location
+                self._unreachable_until = time.monotonic() + _UNREACHABLE_PAUSE
             raise
         self.connections_opened += 1
         channel = self._connection.channel()
@@ -244,14 +259,13 @@ class _Publisher:
             self._basic_publish(message)
 
     def _drop(self) -> None:
-        """Forget a broken connection; unconfirmed messages wait for the next one."""
+        """Forget a broken connection without a close handshake (its socket may be dead).
+
+        Unconfirmed messages wait for the next connection.
+        """
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and self._pid == os.getpid():
-            try:
-                if connection.is_open:
-                    connection.close()
-            except Exception:
-                pass
+            _abandon(connection)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

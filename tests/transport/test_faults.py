@@ -350,7 +350,7 @@ def _message(pk: int, **changes) -> bytes:
         'correlation_id': f'poison-{pk}',
         'retries': 0,
         'expires': None,
-        'meta': None,
+        'meta': {},
     }
     for key, value in changes.items():
         if value is None:

@@ -1,0 +1,120 @@
+"""RabbitMQ transport under load: 10,000 messages, two workers, a worker killed mid-stream.
+
+Slow (tens of seconds each); the lighter broker tests are in ``test_rabbitmq.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+from django.db import transaction
+
+from dj_cqrs.transport import RabbitMQTransport
+from tests.dj_master.models import SimplestModel
+from tests.transport.conftest import wait_for
+from tests.transport.test_rabbitmq import SIMPLEST, Broker, settle_publisher, worker_pids
+
+TOTAL = 10_000
+BATCH = 1_000
+APPLIED = re.compile(r'^\S+ \S+ (\d+) INFO CQRS \w+ is applied:', re.MULTILINE)
+
+
+@pytest.fixture
+def master(master):
+    yield master
+    settle_publisher(timeout=30)
+
+
+@pytest.fixture
+def broker(amqp_url, names):
+    result = Broker(amqp_url, names)
+    yield result
+    result.close()
+
+
+def publish_rows(total: int = TOTAL) -> list[tuple]:
+    """Create ``total`` master rows, BATCH per transaction, then update every 10th once more.
+
+    Returns the master's (id, name, cqrs_revision) rows, which the replica must end up with.
+    """
+    for start in range(0, total, BATCH):
+        with transaction.atomic():
+            for pk in range(start, start + BATCH):
+                SimplestModel.objects.create(id=pk, name=f'n{pk}')
+    with transaction.atomic():
+        for obj in SimplestModel.objects.filter(id__in=range(0, total, 10)):
+            obj.name = f'updated {obj.pk}'
+            obj.save()
+    assert RabbitMQTransport.flush(timeout=60)
+    return list(SimplestModel.objects.order_by('id').values_list('id', 'name', 'cqrs_revision'))
+
+
+def replica_rows(replica) -> list[tuple]:
+    return replica.query(f'SELECT id, name, cqrs_revision FROM {SIMPLEST} ORDER BY id')
+
+
+def declare_replica_queue(broker, names) -> None:
+    """The replica queue and its binding, so that messages published before the consumer
+    starts wait in the queue."""
+    broker.channel.queue_declare(names['queue'], durable=True)
+    broker.channel.queue_bind(names['queue'], names['exchange'], 'simplest')
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_thousand_messages_land_with_two_workers_on_one_connection(
+    master, names, broker, replica_service
+):
+    replica = replica_service().start('-w', '2')
+    replica.wait_ready(2)
+    master()
+    RabbitMQTransport.clean_connection()
+    opened = RabbitMQTransport.connections_opened()
+
+    expected = publish_rows()
+
+    assert RabbitMQTransport.connections_opened() - opened == 1
+    assert len(expected) == TOTAL
+    assert sum(revision for _, _, revision in expected) == TOTAL // 10
+    wait_for(lambda: replica.count() == TOTAL, timeout=300, message=f'{TOTAL} replica rows')
+    wait_for(lambda: replica_rows(replica) == expected, timeout=120, message='every revision')
+    assert broker.count(names['queue']) == 0
+    assert broker.count(names['dead_letter_queue']) == 0
+    # Both workers took part.
+    assert len(set(APPLIED.findall(replica.log()))) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sigkill_of_a_worker_mid_stream_loses_nothing(master, names, broker, replica_service):
+    declare_replica_queue(broker, names)
+    master()
+    expected = publish_rows()
+    wait_for(
+        lambda: broker.count(names['queue']) == TOTAL + TOTAL // 10,
+        message='every message queued',
+    )
+
+    replica = replica_service().start('-w', '2')
+    replica.wait_ready(2)
+    workers = worker_pids(replica)
+    assert len(workers) == 2
+    wait_for(lambda: replica.count() > 0, message='consumption under way')
+    os.kill(workers[0], signal.SIGKILL)
+    killed_at = replica.count()
+    assert killed_at < TOTAL, 'everything was consumed before the kill; send more messages'
+
+    wait_for(
+        lambda: 'exited with code' in replica.log() and len(worker_pids(replica)) == 2,
+        message='the supervisor restarting the killed worker',
+    )
+    restarted = worker_pids(replica)
+    assert workers[0] not in restarted
+    assert workers[1] in restarted
+
+    wait_for(lambda: replica.count() == TOTAL, timeout=300, message=f'{TOTAL} replica rows')
+    wait_for(lambda: replica_rows(replica) == expected, timeout=120, message='every revision')
+    assert broker.count(names['queue']) == 0
+    assert broker.count(names['dead_letter_queue']) == 0
+    assert replica.process.poll() is None
