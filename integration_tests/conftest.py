@@ -1,10 +1,15 @@
 """Shared fixtures of the multi-service integration tests.
 
 Every test runs real services as separate processes: a master service and one or more replica
-services, each with its own settings, its own SQLite database and its own environment, talking
+services, each with its own settings, its own database and its own environment, talking
 through the RabbitMQ broker on ``CQRS_TEST_AMQP_URL`` (default ``127.0.0.1:5672``) under an
 exchange and queues of their own (deleted afterwards). Tests look at the results in the
-services' database files with ``sqlite3``, never in logs.
+services' databases (``Service.query`` / ``Service.execute``), never in logs.
+
+``CQRS_TEST_DB_VENDOR`` chooses the databases: ``sqlite`` (the default; a file per service) or
+``postgresql`` (a database per service, made with ``CREATE DATABASE`` and dropped afterwards,
+on the server of ``CQRS_TEST_PG_HOST`` / ``_PORT`` / ``_USER`` / ``_PASSWORD``, default
+``cqrs:cqrs@127.0.0.1:5432``, a role allowed to create databases).
 
 Two kinds of services:
 
@@ -28,11 +33,15 @@ import subprocess
 import sys
 import time
 import uuid
+from itertools import count
 from pathlib import Path
 
 import pika
+import psycopg
 import pytest
 from pika.exceptions import AMQPError, ChannelClosedByBroker
+from psycopg import sql as pg_sql
+from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = ROOT / 'examples' / 'demo_project'
@@ -40,6 +49,18 @@ MASTER_DIR = DEMO_DIR / 'master_service'
 REPLICA_DIR = DEMO_DIR / 'replica_service'
 AMQP_URL = os.environ.get('CQRS_TEST_AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672/%2F')
 PYTHON = sys.executable
+
+DB_VENDOR = os.environ.get('CQRS_TEST_DB_VENDOR', 'sqlite')
+if DB_VENDOR not in ('sqlite', 'postgresql'):
+    raise pytest.UsageError(
+        f'CQRS_TEST_DB_VENDOR={DB_VENDOR!r}: expected "sqlite" (default) or "postgresql"'
+    )
+PG_SERVER = {
+    'host': os.environ.get('CQRS_TEST_PG_HOST', '127.0.0.1'),
+    'port': os.environ.get('CQRS_TEST_PG_PORT', '5432'),
+    'user': os.environ.get('CQRS_TEST_PG_USER', 'cqrs'),
+    'password': os.environ.get('CQRS_TEST_PG_PASSWORD', 'cqrs'),
+}
 
 # Generous: the tests assert on outcomes, never on how fast they happen.
 TIMEOUT = 60.0
@@ -144,6 +165,137 @@ def broker(amqp_url):
     broker.cleanup()
 
 
+# --- databases ---------------------------------------------------------------------------------
+
+
+class SqliteDatabase:
+    """A service's SQLite file. SQL for ``query`` / ``execute`` uses ``?`` placeholders."""
+
+    vendor = 'sqlite'
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f'<SQLite {self.path}>'
+
+    def query(self, sql: str, params=()) -> list[dict]:
+        connection = sqlite3.connect(self.path, timeout=30)
+        connection.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in connection.execute(sql, params)]
+        finally:
+            connection.close()
+
+    def execute(self, sql: str, params=()) -> int:
+        connection = sqlite3.connect(self.path, timeout=30)
+        try:
+            with connection:
+                return connection.execute(sql, params).rowcount
+        finally:
+            connection.close()
+
+    def drop(self) -> None:
+        """Nothing to do: the file is in the test's temporary directory."""
+
+
+class PostgresDatabase:
+    """A service's PostgreSQL database, read and changed in autocommit mode.
+
+    SQL for ``query`` / ``execute`` uses ``?`` placeholders, as with SQLite.
+    """
+
+    vendor = 'postgresql'
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._connection: psycopg.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f'<PostgreSQL database {self.name}>'
+
+    def _cursor(self):
+        if self._connection is None or self._connection.closed:
+            self._connection = pg_connect(self.name)
+        return self._connection.cursor(row_factory=dict_row)
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace('%', '%%').replace('?', '%s')
+
+    def query(self, sql: str, params=()) -> list[dict]:
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(sql), tuple(params))
+            return cursor.fetchall()
+
+    def execute(self, sql: str, params=()) -> int:
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(sql), tuple(params))
+            return cursor.rowcount
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def drop(self) -> None:
+        """Close our connection and drop the database, ending any session still on it."""
+        self.close()
+        pg_admin(
+            pg_sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(
+                pg_sql.Identifier(self.name)
+            )
+        )
+
+
+def pg_connect(dbname: str) -> psycopg.Connection:
+    return psycopg.connect(dbname=dbname, autocommit=True, connect_timeout=10, **PG_SERVER)
+
+
+def pg_admin(statement) -> None:
+    """Run CREATE / DROP DATABASE on the server's ``postgres`` database."""
+    with pg_connect('postgres') as connection:
+        connection.execute(statement)
+
+
+# Database names: unique to this pytest run (and to each database made in it).
+_PG_RUN = uuid.uuid4().hex[:8]
+_PG_NUMBERS = count(1)
+
+
+def new_database(label: str, path: Path, template=None):
+    """A new, empty database of the vendor, or a copy of ``template`` (made by this function).
+
+    SQLite: the file ``path``. PostgreSQL: ``CREATE DATABASE`` with a unique name; ``drop()``
+    it when done.
+    """
+    if DB_VENDOR == 'sqlite':
+        if template is not None:
+            shutil.copyfile(template.path, path)
+        return SqliteDatabase(path)
+    slug = ''.join(char if char.isalnum() else '_' for char in label.lower())[:30]
+    name = f'cqrs_it_{_PG_RUN}_{next(_PG_NUMBERS)}_{slug}'
+    statement = pg_sql.SQL('CREATE DATABASE {}').format(pg_sql.Identifier(name))
+    if template is not None:
+        statement += pg_sql.SQL(' TEMPLATE {}').format(pg_sql.Identifier(template.name))
+    pg_admin(statement)
+    return PostgresDatabase(name)
+
+
+@pytest.fixture(scope='session')
+def db_server():
+    """The database vendor of the run; fails early when its PostgreSQL server is unreachable."""
+    if DB_VENDOR == 'postgresql':
+        try:
+            pg_connect('postgres').close()
+        except psycopg.Error as exc:
+            pytest.fail(
+                f'PostgreSQL at {PG_SERVER["host"]}:{PG_SERVER["port"]} is not reachable as '
+                f'{PG_SERVER["user"]} ({exc}); start it with scripts/services.sh up postgres'
+            )
+    return DB_VENDOR
+
+
 # --- services ----------------------------------------------------------------------------------
 
 
@@ -152,6 +304,7 @@ class Service:
 
     ``manage()`` runs a management command to completion; ``spawn()`` starts a long-running
     one (its output goes to ``<name>.log``); ``stop()`` ends every process it spawned.
+    ``query()`` / ``execute()`` read and change its database (SQL with ``?`` placeholders).
     """
 
     def __init__(
@@ -161,7 +314,7 @@ class Service:
         cwd: Path,
         command: list[str],
         env: dict[str, str],
-        db_path: Path,
+        database: SqliteDatabase | PostgresDatabase,
         log_dir: Path,
         broker: Broker,
         queue: str | None = None,
@@ -170,7 +323,7 @@ class Service:
         self.cwd = cwd
         self.command = command
         self.env = env
-        self.db_path = db_path
+        self.database = database
         self.log_path = log_dir / f'{name}.log'
         self.broker = broker
         self.queue = queue
@@ -272,21 +425,11 @@ class Service:
     # database
 
     def query(self, sql: str, params: tuple = ()) -> list[dict]:
-        connection = sqlite3.connect(self.db_path, timeout=30)
-        connection.row_factory = sqlite3.Row
-        try:
-            return [dict(row) for row in connection.execute(sql, params)]
-        finally:
-            connection.close()
+        return self.database.query(sql, params)
 
     def execute(self, sql: str, params: tuple = ()) -> int:
         """Change the database behind the service's back; returns the rows changed."""
-        connection = sqlite3.connect(self.db_path, timeout=30)
-        try:
-            with connection:
-                return connection.execute(sql, params).rowcount
-        finally:
-            connection.close()
+        return self.database.execute(sql, params)
 
     def rows(self, table: str, columns: str = '*') -> dict:
         """Rows of a table keyed by id."""
@@ -311,40 +454,66 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
 # --- the demo projects ---------------------------------------------------------------------
 
 
-def demo_env(data_dir: Path, broker_url: str, exchange: str, queue: str | None) -> dict:
+def demo_env(
+    data_dir: Path, broker_url: str, exchange: str, queue: str | None, database=None
+) -> dict:
     env = base_env()
     env.update(
         DEMO_DATA_DIR=str(data_dir),
         DEMO_AMQP_URL=broker_url,
         DEMO_EXCHANGE=exchange,
         DEMO_LOG_LEVEL='INFO',
+        # explicit, so that a DEMO_DB_ENGINE of the caller's environment cannot interfere
+        DEMO_DB_ENGINE='sqlite3',
     )
     if queue is not None:
         env['DEMO_QUEUE'] = queue
+    if isinstance(database, PostgresDatabase):
+        env.update(
+            DEMO_DB_ENGINE='postgresql',
+            DEMO_DB_NAME=database.name,
+            DEMO_PG_HOST=PG_SERVER['host'],
+            DEMO_PG_PORT=PG_SERVER['port'],
+            DEMO_PG_USER=PG_SERVER['user'],
+            DEMO_PG_PASSWORD=PG_SERVER['password'],
+        )
     return env
 
 
 @pytest.fixture(scope='session')
-def demo_databases(tmp_path_factory, amqp_url):
-    """Migrated master and replica databases, made once and copied for every service."""
+def demo_databases(tmp_path_factory, amqp_url, db_server):
+    """Migrated master and replica databases, made once and copied for every service.
+
+    SQLite: files in a template directory. PostgreSQL: template databases, dropped at the end.
+    """
     data_dir = tmp_path_factory.mktemp('demo-template')
-    env = demo_env(data_dir, amqp_url, 'cqrs_it_unused', 'cqrs_it_unused')
-    for directory in (MASTER_DIR, REPLICA_DIR):
-        result = subprocess.run(
-            [PYTHON, 'manage.py', 'migrate', '--noinput', '-v', '0'],
-            cwd=directory,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT,
-        )
-        if result.returncode != 0:
-            pytest.fail(f'migrate in {directory.name} failed:\n{result.stderr[-4000:]}')
-    paths = {'master': data_dir / 'master.sqlite3', 'replica': data_dir / 'replica.sqlite3'}
-    for path in paths.values():
-        assert path.exists(), path
-        assert not Path(f'{path}-wal').exists() or not Path(f'{path}-wal').stat().st_size
-    return paths
+    databases = {}
+    try:
+        for kind, directory in (('master', MASTER_DIR), ('replica', REPLICA_DIR)):
+            database = databases[kind] = new_database(
+                f'demo_{kind}_template', data_dir / f'{kind}.sqlite3'
+            )
+            env = demo_env(data_dir, amqp_url, 'cqrs_it_unused', 'cqrs_it_unused', database)
+            result = subprocess.run(
+                [PYTHON, 'manage.py', 'migrate', '--noinput', '-v', '0'],
+                cwd=directory,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT,
+            )
+            if result.returncode != 0:
+                pytest.fail(f'migrate in {directory.name} failed:\n{result.stderr[-4000:]}')
+        for database in databases.values():
+            if database.vendor == 'sqlite':
+                path = database.path
+                assert path.exists(), path
+                wal = Path(f'{path}-wal')
+                assert not wal.exists() or not wal.stat().st_size
+        yield databases
+    finally:
+        for database in databases.values():
+            database.drop()
 
 
 class Demo:
@@ -359,14 +528,15 @@ class Demo:
     def _service(self, name: str, kind: str, queue: str | None) -> Service:
         data_dir = self.tmp_path / name
         data_dir.mkdir()
-        db_path = data_dir / f'{kind}.sqlite3'
-        shutil.copyfile(self.databases[kind], db_path)
+        database = new_database(
+            f'demo_{name}', data_dir / f'{kind}.sqlite3', template=self.databases[kind]
+        )
         service = Service(
             name,
             cwd=MASTER_DIR if kind == 'master' else REPLICA_DIR,
             command=[PYTHON, 'manage.py'],
-            env=demo_env(data_dir, self.broker.url, self.broker.exchange, queue),
-            db_path=db_path,
+            env=demo_env(data_dir, self.broker.url, self.broker.exchange, queue, database),
+            database=database,
             log_dir=self.tmp_path,
             broker=self.broker,
             queue=queue,
@@ -381,8 +551,13 @@ class Demo:
         return self._service(name, 'replica', self.broker.queue(name))
 
     def stop(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
+        """Stop every service, then drop their databases."""
+        try:
+            for service in reversed(self.services):
+                service.stop()
+        finally:
+            for service in self.services:
+                service.database.drop()
 
 
 @pytest.fixture
@@ -441,17 +616,30 @@ def wait_books_equal(master: Service, replica: Service, timeout: float = TIMEOUT
 
 
 @pytest.fixture
-def core(tmp_path, broker):
+def core(tmp_path, broker, db_server):
     """``core(name, queue=None, **env)``: services of ``tests.settings_broker``."""
     services: list[Service] = []
+    databases: list[SqliteDatabase | PostgresDatabase] = []
 
     def make(name: str, queue: str | None = None, **extra: str) -> Service:
-        db_path = tmp_path / f'{name}.sqlite3'
+        database = new_database(f'core_{name}', tmp_path / f'{name}.sqlite3')
+        databases.append(database)
         env = base_env()
+        if database.vendor == 'sqlite':
+            # explicit, so that a CQRS_TEST_DB_ENGINE of the caller's environment cannot interfere
+            env.update(CQRS_TEST_DB_ENGINE='sqlite3', CQRS_TEST_DB=str(database.path))
+        else:
+            env.update(
+                CQRS_TEST_DB_ENGINE='postgresql',
+                CQRS_TEST_DB_NAME=database.name,
+                CQRS_TEST_PG_HOST=PG_SERVER['host'],
+                CQRS_TEST_PG_PORT=PG_SERVER['port'],
+                CQRS_TEST_PG_USER=PG_SERVER['user'],
+                CQRS_TEST_PG_PASSWORD=PG_SERVER['password'],
+            )
         env.update(
             DJANGO_SETTINGS_MODULE='tests.settings_broker',
             PYTHONPATH=str(ROOT),
-            CQRS_TEST_DB=str(db_path),
             CQRS_TEST_TRANSPORT='dj_cqrs.transport.RabbitMQTransport',
             CQRS_TEST_URL=broker.url,
             CQRS_TEST_EXCHANGE=broker.exchange,
@@ -464,7 +652,7 @@ def core(tmp_path, broker):
             cwd=ROOT,
             command=[PYTHON, '-m', 'django'],
             env=env,
-            db_path=db_path,
+            database=database,
             log_dir=tmp_path,
             broker=broker,
             queue=queue,
@@ -474,8 +662,12 @@ def core(tmp_path, broker):
         return service
 
     yield make
-    for service in reversed(services):
-        service.stop()
+    try:
+        for service in reversed(services):
+            service.stop()
+    finally:
+        for database in databases:
+            database.drop()
 
 
 def pipeline(*stages: str, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:

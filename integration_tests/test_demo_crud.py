@@ -1,7 +1,7 @@
 """CRUD replication between the demo's master and replica services over RabbitMQ.
 
 The master changes rows in ``manage.py shell -c`` processes; the replica's ``cqrs_consume -w 2``
-applies them; the test reads both SQLite databases.
+applies them; the test reads both databases (SQLite or PostgreSQL).
 """
 
 from __future__ import annotations

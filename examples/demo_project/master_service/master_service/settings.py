@@ -2,6 +2,9 @@
 
 Environment: DEMO_DATA_DIR (SQLite files, default ``examples/demo_project/.data``),
 DEMO_AMQP_URL, DEMO_EXCHANGE, DEMO_LOG_LEVEL, DEMO_DEBUG, DEMO_SECRET_KEY, DEMO_REPLICA_URL.
+DEMO_DB_ENGINE=postgresql switches to PostgreSQL: database DEMO_DB_NAME (default
+``cqrs_demo_master``), DEMO_PG_USER, DEMO_PG_PASSWORD, DEMO_PG_HOST, DEMO_PG_PORT (default
+cqrs / cqrs / 127.0.0.1 / 5432).
 """
 
 import os
@@ -54,17 +57,30 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    'default': {
-        'ENGINE': 'django.db.backends.sqlite3',
-        'NAME': DATA_DIR / 'master.sqlite3',
-        'OPTIONS': {
-            'timeout': 30,
-            'transaction_mode': 'IMMEDIATE',
-            'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;',
+# SQLite by default; PostgreSQL with DEMO_DB_ENGINE=postgresql.
+if os.environ.get('DEMO_DB_ENGINE') == 'postgresql':
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.postgresql',
+            'NAME': os.environ.get('DEMO_DB_NAME', 'cqrs_demo_master'),
+            'USER': os.environ.get('DEMO_PG_USER', 'cqrs'),
+            'PASSWORD': os.environ.get('DEMO_PG_PASSWORD', 'cqrs'),
+            'HOST': os.environ.get('DEMO_PG_HOST', '127.0.0.1'),
+            'PORT': os.environ.get('DEMO_PG_PORT', '5432'),
         },
-    },
-}
+    }
+else:
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.sqlite3',
+            'NAME': DATA_DIR / 'master.sqlite3',
+            'OPTIONS': {
+                'timeout': 30,
+                'transaction_mode': 'IMMEDIATE',
+                'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;',
+            },
+        },
+    }
 
 DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'
 LANGUAGE_CODE = 'en-us'

@@ -2,7 +2,9 @@
 
 Environment: DEMO_DATA_DIR (SQLite files, default ``examples/demo_project/.data``),
 DEMO_AMQP_URL, DEMO_EXCHANGE, DEMO_QUEUE, DEMO_LOG_LEVEL, DEMO_DEBUG, DEMO_SECRET_KEY,
-DEMO_MASTER_URL.
+DEMO_MASTER_URL. DEMO_DB_ENGINE=postgresql switches to PostgreSQL: database DEMO_DB_NAME
+(default ``cqrs_demo_replica``), DEMO_PG_USER, DEMO_PG_PASSWORD, DEMO_PG_HOST, DEMO_PG_PORT
+(default cqrs / cqrs / 127.0.0.1 / 5432).
 """
 
 import os
@@ -39,19 +41,33 @@ TEMPLATES = [
     },
 ]
 
-# Two consumer workers write to this file at once: WAL, IMMEDIATE transactions and a lock
-# timeout keep SQLite from failing with "database is locked".
-DATABASES = {
-    'default': {
-        'ENGINE': 'django.db.backends.sqlite3',
-        'NAME': DATA_DIR / 'replica.sqlite3',
-        'OPTIONS': {
-            'timeout': 30,
-            'transaction_mode': 'IMMEDIATE',
-            'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;',
+# SQLite by default; PostgreSQL with DEMO_DB_ENGINE=postgresql (the integration tests' run on
+# PostgreSQL gives every service a database of its own).
+if os.environ.get('DEMO_DB_ENGINE') == 'postgresql':
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.postgresql',
+            'NAME': os.environ.get('DEMO_DB_NAME', 'cqrs_demo_replica'),
+            'USER': os.environ.get('DEMO_PG_USER', 'cqrs'),
+            'PASSWORD': os.environ.get('DEMO_PG_PASSWORD', 'cqrs'),
+            'HOST': os.environ.get('DEMO_PG_HOST', '127.0.0.1'),
+            'PORT': os.environ.get('DEMO_PG_PORT', '5432'),
         },
-    },
-}
+    }
+else:
+    # Two consumer workers write to this file at once: WAL, IMMEDIATE transactions and a lock
+    # timeout keep SQLite from failing with "database is locked".
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.sqlite3',
+            'NAME': DATA_DIR / 'replica.sqlite3',
+            'OPTIONS': {
+                'timeout': 30,
+                'transaction_mode': 'IMMEDIATE',
+                'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;',
+            },
+        },
+    }
 
 DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'
 LANGUAGE_CODE = 'en-us'
