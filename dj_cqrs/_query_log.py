@@ -16,6 +16,9 @@ from dj_cqrs.constants import (
 )
 
 
+_TRANSACTION_STATEMENTS = ('SAVEPOINT', 'RELEASE SAVEPOINT', 'ROLLBACK TO SAVEPOINT')
+
+
 class LastQueryCapturer:
     """A connection execute wrapper that remembers the last SQL statement run."""
 
@@ -23,7 +26,9 @@ class LastQueryCapturer:
         self.query: str | None = None
 
     def __call__(self, execute, sql, params, many, context):
-        self.query = sql if not params or many else f'{sql} -- params: {params!r}'
+        # Savepoint housekeeping after a failure must not hide the query that failed.
+        if not sql.lstrip().upper().startswith(_TRANSACTION_STATEMENTS):
+            self.query = sql if not params or many else f'{sql} -- params: {params!r}'
         return execute(sql, params, many, context)
 
 

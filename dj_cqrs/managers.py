@@ -10,6 +10,7 @@ from django.db.models import F, Manager, Model, QuerySet, signals
 from django.utils import timezone
 
 from dj_cqrs._logging import logger
+from dj_cqrs._query_log import log_timed_out_queries
 from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME
 from dj_cqrs.utils import get_json_valid_value
 
@@ -192,6 +193,7 @@ class ReplicaManager(Manager):
                     sync, mapped_data, **self._hook_kwargs(previous_data, meta)
                 )
         except (Error, ValidationError) as exc:
+            log_timed_out_queries(exc, self._write_db)
             if isinstance(exc, IntegrityError):
                 logger.warning(
                     'Potentially wrong CQRS sync order: pk = %s, cqrs_revision = %s (%s).',
@@ -261,6 +263,7 @@ class ReplicaManager(Manager):
                     sync, mapped_data, **self._hook_kwargs(previous_data, meta)
                 )
         except (Error, ValidationError) as exc:
+            log_timed_out_queries(exc, self._write_db)
             logger.error(
                 'CQRS update error: pk = %s, cqrs_revision = %s (%s): %s',
                 pk_value,

@@ -9,6 +9,7 @@ import ssl
 import threading
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlparse
 
 import kombu
 import ujson
@@ -37,25 +38,35 @@ def _connection() -> kombu.Connection:
 
 
 def _ssl_option() -> Any:
-    """Kombu's ``ssl`` argument from ``settings.CQRS['ssl_options']`` and the URL scheme."""
+    """Kombu's ``ssl`` argument from ``settings.CQRS['ssl_options']`` and the URL scheme.
+
+    The broker's certificate is verified and, unless ``check_hostname`` is False, its name is
+    checked against ``server_hostname`` (default: the host of the URL).
+    """
     url = cqrs_settings.url or ''
     tls = cqrs_settings.ssl_options
     if tls is None:
-        return url.startswith(('amqps://', 'rediss://'))
-    verify = ssl.CERT_REQUIRED if tls.get('check_hostname', True) else ssl.CERT_OPTIONAL
+        if not url.startswith(('amqps://', 'rediss://')):
+            return False
+        tls = {}
+    check_hostname = tls.get('check_hostname', True)
     if url.startswith('rediss://'):
         return {
-            'ssl_cert_reqs': verify,
+            'ssl_cert_reqs': ssl.CERT_REQUIRED,
             'ssl_ca_certs': tls.get('ca_certs'),
             'ssl_certfile': tls.get('certfile'),
             'ssl_keyfile': tls.get('keyfile'),
+            'ssl_check_hostname': check_hostname,
         }
     options = {
         'cert_reqs': ssl.CERT_REQUIRED,
         'ca_certs': tls.get('ca_certs'),
         'certfile': tls.get('certfile'),
         'keyfile': tls.get('keyfile'),
-        'server_hostname': tls.get('server_hostname'),
+        # py-amqp checks the name exactly when it is given one.
+        'server_hostname': (tls.get('server_hostname') or urlparse(url).hostname)
+        if check_hostname
+        else None,
     }
     return {key: value for key, value in options.items() if value is not None}
 

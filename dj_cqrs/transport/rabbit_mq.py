@@ -191,6 +191,7 @@ class _Publisher:
                 except _CONNECTION_ERRORS:
                     pass
             self._connection = self._channel = None
+            self._unreachable = None
 
     @property
     def unconfirmed_count(self) -> int:

@@ -1,0 +1,573 @@
+"""Transactional outbox (``settings.CQRS['master']['outbox'] = True``) and ``cqrs_relay``.
+
+Runs on SQLite (``tests.settings``) and on PostgreSQL (``--ds=tests.settings_pg``). The
+transport is ``TransportMock``: a published message is applied at once to the replica tables,
+so "the replica row appears" means "the message was published". The ``broker`` fixture below
+wraps it with a switch that makes publishing fail (returns False or raises), the way a
+RabbitMQ transport does when the broker is down.
+
+``tests.settings`` has the single database ``default``: the ``using=`` side of the outbox is
+tested by calling ``outbox.record`` / ``outbox.relay_batch`` with that alias. A test of rows in
+a second database needs a second entry in ``DATABASES`` (a settings change).
+"""
+
+import copy
+import io
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection, transaction
+from django.db.models import F
+from django.test import override_settings
+from django.utils import timezone
+
+from dj_cqrs import outbox
+from dj_cqrs.constants import SignalType
+from dj_cqrs.models import CQRSOutboxMessage
+from dj_cqrs.transport.mock import TransportMock
+from tests.dj_master.models import CustomDeleteModel, SimplestModel, TrackedModel
+from tests.dj_replica.models import CustomDeleteReplica, SimplestReplica
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OUTBOX_TABLE = CQRSOutboxMessage._meta.db_table
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def cqrs_with_outbox(enabled=True):
+    conf = copy.deepcopy(settings.CQRS)
+    conf.setdefault('master', {})['outbox'] = enabled
+    return override_settings(CQRS=conf)
+
+
+@pytest.fixture
+def outbox_on():
+    """The outbox switched on; confirmed rows of other tests are forgotten first."""
+    outbox.flush_published()
+    with cqrs_with_outbox(True):
+        yield
+    outbox.flush_published()
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    """``TransportMock`` with a switch.
+
+    ``broker.mode``: ``'up'`` publishes (the replica applies it), ``'false'`` makes ``produce``
+    return False, ``'raise'`` makes it raise ``ConnectionError``. ``broker.sent`` lists the
+    payloads that went through while up.
+    """
+    original = TransportMock.produce
+    state = SimpleNamespace(mode='up', sent=[], refused=[])
+
+    def produce(payload):
+        if state.mode == 'false':
+            state.refused.append(payload)
+            return False
+        if state.mode == 'raise':
+            state.refused.append(payload)
+            raise ConnectionError('broker down')
+        state.sent.append(payload)
+        return original(payload)
+
+    monkeypatch.setattr(TransportMock, 'produce', staticmethod(produce))
+    return state
+
+
+def rows():
+    """Outbox rows as (cqrs_id, instance_pk, signal_type), oldest first."""
+    return list(
+        CQRSOutboxMessage.objects.order_by('id').values_list(
+            'cqrs_id', 'instance_pk', 'signal_type'
+        )
+    )
+
+
+def relay(*args):
+    """Run ``cqrs_relay --once`` with ``args``; returns its stderr."""
+    err = io.StringIO()
+    call_command('cqrs_relay', '--once', *args, stdout=io.StringIO(), stderr=err)
+    return err.getvalue()
+
+
+def replica_names():
+    return dict(SimplestReplica.objects.values_list('id', 'name'))
+
+
+def age_rows(seconds):
+    """Make every outbox row ``seconds`` old."""
+    CQRSOutboxMessage.objects.update(created=timezone.now() - timedelta(seconds=seconds))
+
+
+# --- writing rows -----------------------------------------------------------------------------
+
+
+def test_save_in_transaction_writes_one_row_removed_once_published(outbox_on, broker):
+    with transaction.atomic():
+        SimplestModel.objects.create(id=1, name='first')
+        assert rows() == [('simplest', '1', SignalType.SAVE)]
+        assert replica_names() == {}
+
+    assert replica_names() == {1: 'first'}
+    assert len(broker.sent) == 1
+    outbox.flush_published()
+    assert rows() == []
+
+
+def test_save_outside_transaction_writes_a_row_removed_once_published(outbox_on, broker):
+    obj = SimplestModel.objects.create(id=1, name='first')
+    obj.name = 'second'
+    obj.save()
+
+    assert replica_names() == {1: 'second'}
+    outbox.flush_published()
+    assert rows() == []
+
+
+def test_update_in_transaction_writes_a_row(outbox_on, broker):
+    obj = SimplestModel.objects.create(id=1, name='first')
+    outbox.flush_published()
+
+    with transaction.atomic():
+        obj.name = 'second'
+        obj.save()
+        assert rows() == [('simplest', '1', SignalType.SAVE)]
+
+    assert SimplestReplica.objects.get(pk=1).cqrs_revision == 1
+    outbox.flush_published()
+    assert rows() == []
+
+
+def test_rolled_back_transaction_leaves_no_row(outbox_on, broker):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        SimplestModel.objects.create(id=1, name='rolled back')
+        assert len(rows()) == 1
+        raise RuntimeError('boom')
+
+    assert rows() == []
+    assert broker.sent == []
+    assert replica_names() == {}
+
+
+def test_rolled_back_savepoint_drops_only_its_row(outbox_on, broker):
+    with transaction.atomic():
+        SimplestModel.objects.create(id=1, name='kept')
+        with pytest.raises(RuntimeError), transaction.atomic():
+            SimplestModel.objects.create(id=2, name='dropped')
+            raise RuntimeError('boom')
+        assert rows() == [('simplest', '1', SignalType.SAVE)]
+
+    assert replica_names() == {1: 'kept'}
+    outbox.flush_published()
+    assert rows() == []
+
+
+def test_three_saves_of_one_instance_in_a_transaction_write_one_row(outbox_on, broker):
+    obj = SimplestModel.objects.create(id=1, name='start')
+    outbox.flush_published()
+    broker.sent.clear()
+
+    with transaction.atomic():
+        for name in ('one', 'two', 'three'):
+            obj.name = name
+            obj.save()
+        assert rows() == [('simplest', '1', SignalType.SAVE)]
+
+    assert len(broker.sent) == 1
+    assert SimplestReplica.objects.get(pk=1).name == 'three'
+    outbox.flush_published()
+    assert rows() == []
+
+
+def test_two_instances_in_a_transaction_write_two_rows(outbox_on, broker):
+    with transaction.atomic():
+        SimplestModel.objects.create(id=1, name='a')
+        SimplestModel.objects.create(id=2, name='b')
+        assert rows() == [('simplest', '1', 'SAVE'), ('simplest', '2', 'SAVE')]
+
+    assert replica_names() == {1: 'a', 2: 'b'}
+
+
+def test_save_with_update_fields_writes_no_row(outbox_on, broker):
+    obj = SimplestModel.objects.create(id=1, name='first')
+    outbox.flush_published()
+
+    with transaction.atomic():
+        obj.name = 'not published'
+        obj.save(update_fields=['name'])
+        assert rows() == []
+
+
+def test_delete_stores_the_full_payload(outbox_on, broker):
+    obj = SimplestModel.objects.create(id=1, name='doomed')
+    obj.name = 'doomed again'
+    obj.save()
+    outbox.flush_published()
+    assert SimplestReplica.objects.get(pk=1).cqrs_revision == 1
+
+    broker.mode = 'false'
+    with transaction.atomic():
+        obj.delete()
+        [row] = CQRSOutboxMessage.objects.all()
+        assert (row.cqrs_id, row.instance_pk, row.signal_type) == ('simplest', '1', 'DELETE')
+
+    [refused] = broker.refused
+    row = CQRSOutboxMessage.objects.get()
+    assert row.payload == refused.to_dict()
+    assert row.payload['signal_type'] == 'DELETE'
+    assert row.payload['cqrs_id'] == 'simplest'
+    assert row.payload['instance_pk'] == 1
+    data = row.payload['instance_data']
+    assert data['id'] == 1
+    assert data['cqrs_revision'] == 2
+    assert isinstance(data['cqrs_updated'], str)
+    # The replica still has the row: the DELETE was not published.
+    assert replica_names() == {1: 'doomed again'}
+
+    broker.mode = 'up'
+    assert 'Relayed 1 ' in relay('--min-age', '0')
+    assert replica_names() == {}
+    assert rows() == []
+    [sent] = broker.sent[-1:]
+    assert sent.signal_type == SignalType.DELETE
+    assert sent.instance_data == data
+
+
+def test_delete_row_keeps_custom_delete_data(outbox_on, broker):
+    obj = CustomDeleteModel.objects.create(name='custom')
+    assert CustomDeleteReplica.objects.filter(pk=obj.pk).exists()
+    broker.mode = 'raise'
+
+    obj.delete()
+
+    row = CQRSOutboxMessage.objects.get(signal_type='DELETE')
+    assert row.payload['instance_data']['custom'] == {'name': 'custom'}
+
+
+def test_outbox_off_writes_nothing(broker):
+    outbox.flush_published()
+    with cqrs_with_outbox(False):
+        obj = SimplestModel.objects.create(id=1, name='first')
+        with transaction.atomic():
+            obj.name = 'second'
+            obj.save()
+        broker.mode = 'false'
+        obj.name = 'lost'
+        obj.save()
+        obj.delete()
+        SimplestModel.cqrs.bulk_create([SimplestModel(id=2, name='bulk')])
+
+    assert rows() == []
+
+
+def test_outbox_is_off_by_default(broker):
+    assert outbox.is_enabled() is False
+    SimplestModel.objects.create(id=1, name='first')
+    assert rows() == []
+
+
+# --- failing transport and the relay ----------------------------------------------------------
+
+
+@pytest.mark.parametrize('failure', ['false', 'raise'])
+def test_failed_publish_keeps_the_row_and_the_relay_publishes_it(outbox_on, broker, failure):
+    broker.mode = failure
+
+    SimplestModel.objects.create(id=1, name='pending')
+    with transaction.atomic():
+        SimplestModel.objects.create(id=2, name='pending too')
+    outbox.flush_published()
+
+    assert len(broker.refused) == 2
+    assert rows() == [('simplest', '1', 'SAVE'), ('simplest', '2', 'SAVE')]
+    assert replica_names() == {}
+
+    broker.mode = 'up'
+    assert 'Relayed 2 ' in relay('--min-age', '0')
+
+    assert replica_names() == {1: 'pending', 2: 'pending too'}
+    assert rows() == []
+    assert [(p.signal_type, p.pk) for p in broker.sent] == [('SAVE', 1), ('SAVE', 2)]
+
+
+def test_relay_publishes_a_change_whose_process_died_before_publishing(
+    outbox_on, broker, monkeypatch
+):
+    """Committed, but the on-commit publish never ran (the process was killed)."""
+    with monkeypatch.context() as patch:
+        patch.setattr('dj_cqrs.signals._on_commit.schedule', lambda *args, **kwargs: None)
+        with transaction.atomic():
+            SimplestModel.objects.create(id=1, name='orphan')
+    assert broker.sent == []
+    assert rows() == [('simplest', '1', 'SAVE')]
+
+    relay('--min-age', '0')
+
+    assert replica_names() == {1: 'orphan'}
+    assert rows() == []
+
+
+def test_relay_does_not_send_again_what_was_published(outbox_on, broker):
+    SimplestModel.objects.create(id=1, name='published')
+    assert len(broker.sent) == 1
+
+    assert 'Relayed 0 ' in relay('--min-age', '0')
+
+    assert len(broker.sent) == 1
+    assert rows() == []
+
+
+def test_relay_sends_the_current_state(outbox_on, broker):
+    broker.mode = 'false'
+    SimplestModel.objects.create(id=1, name='old')
+    SimplestModel.objects.filter(pk=1).update(name='new', cqrs_revision=F('cqrs_revision') + 1)
+
+    broker.mode = 'up'
+    relay('--min-age', '0')
+
+    replica = SimplestReplica.objects.get(pk=1)
+    assert (replica.name, replica.cqrs_revision) == ('new', 1)
+    [payload] = broker.sent
+    assert payload.instance_data['name'] == 'new'
+    assert payload.instance_data['cqrs_revision'] == 1
+    assert rows() == []
+
+
+def test_relay_drops_a_save_row_whose_instance_was_deleted(outbox_on, broker):
+    broker.mode = 'false'
+    SimplestModel.objects.create(id=1, name='gone')
+    SimplestModel.objects.create(id=2, name='still here')
+    with connection.cursor() as cursor:
+        cursor.execute(f'DELETE FROM {SimplestModel._meta.db_table} WHERE id = %s', [1])
+
+    broker.mode = 'up'
+    relay('--min-age', '0')
+
+    assert [p.pk for p in broker.sent] == [2]
+    assert replica_names() == {2: 'still here'}
+    assert rows() == []
+
+
+def test_relay_publishes_a_delete_after_the_dropped_save(outbox_on, broker):
+    broker.mode = 'false'
+    obj = SimplestModel.objects.create(id=1, name='created and deleted')
+    obj.delete()
+    assert rows() == [('simplest', '1', 'SAVE'), ('simplest', '1', 'DELETE')]
+
+    broker.mode = 'up'
+    relay('--min-age', '0')
+
+    assert [p.signal_type for p in broker.sent] == ['DELETE']
+    assert replica_names() == {}
+    assert rows() == []
+
+
+def test_relay_sends_delete_with_a_fresh_expiry(outbox_on, broker):
+    obj = SimplestModel.objects.create(id=1, name='x')
+    outbox.flush_published()
+    broker.mode = 'false'
+    obj.delete()
+    row = CQRSOutboxMessage.objects.get()
+    row.payload['expires'] = '2000-01-01T00:00:00+00:00'
+    row.save()
+
+    broker.mode = 'up'
+    relay('--min-age', '0')
+
+    payload = broker.sent[-1]
+    assert payload.signal_type == SignalType.DELETE
+    assert payload.expires > timezone.now()
+    assert replica_names() == {}
+
+
+def test_relay_keeps_tracked_previous_values(outbox_on, broker, recorded):
+    obj = TrackedModel.objects.create(name='before')
+    recorded.clear()
+    broker.mode = 'false'
+
+    obj.name = 'after'
+    obj.save()
+    [refused] = broker.refused
+
+    broker.mode = 'up'
+    relay('--min-age', '0')
+
+    assert refused.previous_data == {'name': 'before'}
+    assert [r['previous_data'] for r in recorded] == [{'name': 'before'}]
+
+
+def test_relay_keeps_tracked_previous_values_of_every_save_in_the_transaction(
+    outbox_on, broker, recorded
+):
+    """Two saves in one transaction change two tracked fields: the on-commit message carries
+    the previous values of both; the relayed message must carry the same."""
+    obj = TrackedModel.objects.create(name='before')
+    recorded.clear()
+    broker.mode = 'false'
+
+    with transaction.atomic():
+        obj.name = 'after'
+        obj.save()
+        obj.other = 5
+        obj.day = timezone.now().date()
+        obj.save()
+    [refused] = broker.refused
+    assert refused.previous_data == {'name': 'before', 'day': None}
+
+    broker.mode = 'up'
+    relay('--min-age', '0')
+
+    assert [r['previous_data'] for r in recorded] == [refused.previous_data]
+
+
+def test_min_age_leaves_young_rows(outbox_on, broker):
+    broker.mode = 'false'
+    SimplestModel.objects.create(id=1, name='old row')
+    age_rows(600)
+    SimplestModel.objects.create(id=2, name='young row')
+    broker.mode = 'up'
+
+    assert 'Relayed 1 ' in relay('--min-age', '60')
+
+    assert replica_names() == {1: 'old row'}
+    assert rows() == [('simplest', '2', 'SAVE')]
+
+    assert 'Relayed 0 ' in relay('--min-age', '3600')
+    assert rows() == [('simplest', '2', 'SAVE')]
+
+    relay('--min-age', '0')
+    assert replica_names() == {1: 'old row', 2: 'young row'}
+    assert rows() == []
+
+
+def test_relay_default_min_age_leaves_a_fresh_row(outbox_on, broker):
+    broker.mode = 'false'
+    SimplestModel.objects.create(id=1, name='fresh')
+    broker.mode = 'up'
+
+    relay()
+
+    assert rows() == [('simplest', '1', 'SAVE')]
+    assert replica_names() == {}
+
+
+def test_relay_failing_transport_keeps_rows_and_raises_command_error(outbox_on, broker):
+    broker.mode = 'false'
+    SimplestModel.objects.create(id=1, name='a')
+    SimplestModel.objects.create(id=2, name='b')
+
+    with pytest.raises(CommandError, match='default'):
+        relay('--min-age', '0')
+
+    assert rows() == [('simplest', '1', 'SAVE'), ('simplest', '2', 'SAVE')]
+    assert replica_names() == {}
+
+
+def test_relay_batches_oldest_first(outbox_on, broker):
+    broker.mode = 'false'
+    for pk in (3, 1, 2):
+        SimplestModel.objects.create(id=pk, name=f'n{pk}')
+    broker.mode = 'up'
+
+    assert 'Relayed 3 ' in relay('--min-age', '0', '--batch', '2')
+
+    assert [p.pk for p in broker.sent] == [3, 1, 2]
+    assert rows() == []
+
+
+def test_bulk_create_writes_rows_the_relay_publishes(outbox_on, broker):
+    broker.mode = 'false'
+    SimplestModel.cqrs.bulk_create([SimplestModel(id=pk, name=f'bulk {pk}') for pk in (1, 2, 3)])
+    assert len(rows()) == 3
+
+    broker.mode = 'up'
+    relay('--min-age', '0')
+
+    assert replica_names() == {1: 'bulk 1', 2: 'bulk 2', 3: 'bulk 3'}
+    assert rows() == []
+
+
+def test_relay_without_outbox_table_is_a_command_error(outbox_on):
+    with pytest.raises(CommandError, match=OUTBOX_TABLE), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP TABLE {OUTBOX_TABLE}')
+        relay('--min-age', '0')
+
+    # The DROP was rolled back with the transaction.
+    assert OUTBOX_TABLE in connection.introspection.table_names()
+
+
+def test_relay_unknown_database_is_a_command_error(outbox_on):
+    with pytest.raises(CommandError, match='nope'):
+        relay('--database', 'nope')
+
+
+def test_relay_with_outbox_off_says_so(broker):
+    err = relay('--min-age', '0')
+    assert 'outbox' in err
+    assert 'Relayed 0 ' in err
+
+
+# --- record / relay_batch with an explicit database alias -------------------------------------
+
+
+def test_record_and_relay_batch_with_using(outbox_on, broker):
+    SimplestModel.objects.bulk_create([SimplestModel(id=pk, name=f'raw {pk}') for pk in (1, 2)])
+    assert replica_names() == {}
+
+    with transaction.atomic(using='default'):
+        ref = outbox.record('default', 'simplest', 1, SignalType.SAVE)
+        outbox.record('default', 'simplest', 2, SignalType.SAVE, previous_data={'name': 'x'})
+    assert ref[0] == 'default'
+    assert CQRSOutboxMessage.objects.using('default').filter(id=ref[1]).exists()
+
+    assert outbox.relay_batch('default', batch_size=1, min_age=0) == 1
+    assert replica_names() == {1: 'raw 1'}
+    assert outbox.relay_batch('default', batch_size=10, min_age=0) == 1
+    assert outbox.relay_batch('default', batch_size=10, min_age=0) == 0
+
+    assert replica_names() == {1: 'raw 1', 2: 'raw 2'}
+    assert broker.sent[1].previous_data == {'name': 'x'}
+    assert rows() == []
+
+
+def test_relay_batch_of_a_sync_row_sends_a_sync_to_its_queue(outbox_on, broker):
+    SimplestModel.objects.bulk_create([SimplestModel(id=1, name='synced')])
+
+    outbox.record('default', 'simplest', 1, SignalType.SYNC, queue='replica')
+    assert outbox.relay_batch('default', batch_size=10, min_age=0) == 1
+
+    [payload] = broker.sent
+    assert (payload.signal_type, payload.queue) == (SignalType.SYNC, 'replica')
+    assert replica_names() == {1: 'synced'}
+
+
+def test_relay_batch_of_an_unknown_cqrs_id_is_dropped(outbox_on, broker):
+    outbox.record('default', 'no_such_model', 1, SignalType.SAVE)
+    assert outbox.relay_batch('default', batch_size=10, min_age=0) == 1
+    assert broker.sent == []
+    assert rows() == []
+
+
+def test_relay_batch_respects_min_age(outbox_on, broker):
+    outbox.record('default', 'simplest', 1, SignalType.SAVE)
+    assert outbox.relay_batch('default', batch_size=10, min_age=3600) == 0
+    assert len(rows()) == 1
+
+
+def test_relay_batch_failure_rolls_back_the_whole_batch(outbox_on, broker):
+    SimplestModel.objects.bulk_create([SimplestModel(id=pk, name=str(pk)) for pk in (1, 2)])
+    outbox.record('default', 'simplest', 1, SignalType.SAVE)
+    outbox.record('default', 'simplest', 2, SignalType.SAVE)
+    broker.mode = 'false'
+
+    with pytest.raises(outbox.RelayError):
+        outbox.relay_batch('default', batch_size=10, min_age=0)
+
+    assert len(rows()) == 2
