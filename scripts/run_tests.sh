@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# The whole test suite: brokers and PostgreSQL started here (and stopped if we started them),
-# then the suite on SQLite with the real brokers, then the core suite on PostgreSQL, then the
-# multi-service integration tests on PostgreSQL (a database per service, see
-# integration_tests/conftest.py).
+# The whole test suite. Brokers and PostgreSQL are started here (and stopped if we started
+# them). Two runs go side by side, since the broker tests mostly wait on other processes:
+#   1. the suite and the multi-service integration tests on SQLite, with RabbitMQ and Redis;
+#   2. the core suite on PostgreSQL, then the integration tests on PostgreSQL (a database per
+#      service, see integration_tests/conftest.py).
+# Coverage of both runs is combined at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 
 scripts/services.sh up || exit 1
 trap 'scripts/services.sh down' EXIT
+mkdir -p .run
+rm -f .run/coverage.*
+
+postgres_run() {
+  echo "== core suite on PostgreSQL =="
+  COVERAGE_FILE=.run/coverage.pg "$PY" -m pytest tests --ignore=tests/transport \
+    --ds=tests.settings_pg --cov=dj_cqrs --cov-report= "$@" || return 1
+  echo "== multi-service integration tests on PostgreSQL, with RabbitMQ =="
+  CQRS_TEST_DB_VENDOR=postgresql COVERAGE_FILE=.run/coverage.it-pg "$PY" -m pytest \
+    integration_tests --cov=dj_cqrs --cov-report= "$@" || return 1
+}
+
+postgres_run "$@" >.run/postgres-tests.log 2>&1 &
+postgres_pid=$!
 
 status=0
 echo "== suite and multi-service integration tests on SQLite, with RabbitMQ and Redis =="
-"$PY" -m pytest tests integration_tests --cov=dj_cqrs --cov-report= "$@" || status=1
-echo "== core suite on PostgreSQL =="
-"$PY" -m pytest tests --ignore=tests/transport --ds=tests.settings_pg \
-  --cov=dj_cqrs --cov-append --cov-report= "$@" || status=1
-echo "== multi-service integration tests on PostgreSQL, with RabbitMQ =="
-CQRS_TEST_DB_VENDOR=postgresql "$PY" -m pytest integration_tests \
-  --cov=dj_cqrs --cov-append --cov-report=term "$@" || status=1
+COVERAGE_FILE=.run/coverage.sqlite "$PY" -m pytest tests integration_tests \
+  --cov=dj_cqrs --cov-report= "$@" || status=1
+
+wait "$postgres_pid" || status=1
+cat .run/postgres-tests.log
+
+echo "== coverage of dj_cqrs, all runs =="
+"$PY" -m coverage combine -q .run/coverage.sqlite .run/coverage.pg .run/coverage.it-pg
+"$PY" -m coverage report
 exit $status
