@@ -20,8 +20,8 @@ $(STAMP): requirements/base.txt requirements/test.txt requirements/docs.txt pypr
 	@touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/ruff format --no-cache --check .
 	$(VENV)/bin/mkdocs build --strict -q -d .run/site
 
 pytest: venv

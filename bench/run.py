@@ -1,6 +1,6 @@
 """Benchmark of django-cqrs publishing and consuming over a local RabbitMQ.
 
-    python -m bench.run [--n 3000] [--transport-only]
+    python -m bench.run [--n 3000] [--database sqlite|postgresql]
 
 Starts what it needs (``scripts/services.sh up rabbitmq``), uses SQLite files in a temporary
 directory and prints one JSON line with the figures.
@@ -23,23 +23,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _setup(tmp: Path) -> dict[str, str]:
-    subprocess.run([str(ROOT / 'scripts' / 'services.sh'), 'up', 'rabbitmq'], check=True)
+def _setup(tmp: Path, database: str) -> dict[str, str]:
+    services = ['rabbitmq'] + (['postgres'] if database == 'postgresql' else [])
+    subprocess.run([str(ROOT / 'scripts' / 'services.sh'), 'up', *services], check=True)
     suffix = uuid.uuid4().hex[:8]
     env = {
         'BENCH_EXCHANGE': f'cqrs_bench_{suffix}',
         'BENCH_QUEUE': f'bench_replica_{suffix}',
+        'BENCH_DB_ENGINE': database,
         'DJANGO_SETTINGS_MODULE': 'bench.settings',
         'PYTHONPATH': str(ROOT),
     }
-    os.environ.update(env, BENCH_DB=str(tmp / 'master.sqlite3'))
+    if database == 'postgresql':
+        master_db, replica_db = f'cqrs_bench_m_{suffix}', f'cqrs_bench_r_{suffix}'
+        _pg_admin([f'CREATE DATABASE {master_db}', f'CREATE DATABASE {replica_db}'])
+    else:
+        master_db, replica_db = str(tmp / 'master.sqlite3'), str(tmp / 'replica.sqlite3')
+    os.environ.update(env, BENCH_DB=master_db)
     import django
 
     django.setup()
     from django.core.management import call_command
 
     call_command('migrate', run_syncdb=True, verbosity=0)
-    replica_env = {**os.environ, **env, 'BENCH_DB': str(tmp / 'replica.sqlite3')}
+    replica_env = {**os.environ, **env, 'BENCH_DB': replica_db}
     subprocess.run(
         [sys.executable, '-m', 'django', 'migrate', '--run-syncdb', '-v', '0'],
         env=replica_env,
@@ -47,6 +54,60 @@ def _setup(tmp: Path) -> dict[str, str]:
         check=True,
     )
     return replica_env
+
+
+def _pg_admin(statements: list[str]) -> None:
+    import psycopg
+
+    with psycopg.connect(
+        'dbname=postgres user=cqrs password=cqrs host=127.0.0.1', autocommit=True
+    ) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
+def _teardown(replica_env: dict[str, str]) -> None:
+    if replica_env['BENCH_DB_ENGINE'] != 'postgresql':
+        return
+    from django.db import connections
+
+    connections.close_all()
+    _pg_admin(
+        [
+            f'DROP DATABASE IF EXISTS {name} WITH (FORCE)'
+            for name in (os.environ['BENCH_DB'], replica_env['BENCH_DB'])
+        ]
+    )
+
+
+class _ReplicaDB:
+    """The replica's database, read directly (SQLite file or PostgreSQL database)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __enter__(self):
+        if self.env['BENCH_DB_ENGINE'] == 'postgresql':
+            import psycopg
+
+            self.connection = psycopg.connect(
+                f'dbname={self.env["BENCH_DB"]} user=cqrs password=cqrs host=127.0.0.1',
+                autocommit=True,
+            )
+            self.mark = '%s'
+        else:
+            import sqlite3
+
+            self.connection = sqlite3.connect(self.env['BENCH_DB'], timeout=30)
+            self.connection.isolation_level = None
+            self.mark = '?'
+        return self
+
+    def rows(self, sql: str, params: tuple = ()) -> list:
+        return self.connection.execute(sql.replace('?', self.mark), params).fetchall()
+
+    def __exit__(self, *exc: object) -> None:
+        self.connection.close()
 
 
 def _channel():
@@ -77,25 +138,14 @@ def _queue_state() -> tuple[int, int]:
     return method.message_count, method.consumer_count
 
 
-def _replica_count(db: str, min_id: int = 0) -> int:
-    import sqlite3
-
-    connection = sqlite3.connect(db, timeout=30)
-    try:
-        return connection.execute(
-            'SELECT COUNT(*) FROM benchapp_benchreplica WHERE id >= ?', (min_id,)
-        ).fetchone()[0]
-    finally:
-        connection.close()
+def _replica_count(env: dict[str, str], min_id: int = 0) -> int:
+    with _ReplicaDB(env) as db:
+        return db.rows('SELECT COUNT(*) FROM benchapp_benchreplica WHERE id >= ?', (min_id,))[0][0]
 
 
-def _clear_replica(db: str) -> None:
-    import sqlite3
-
-    connection = sqlite3.connect(db, timeout=30)
-    connection.execute('DELETE FROM benchapp_benchreplica')
-    connection.commit()
-    connection.close()
+def _clear_replica(env: dict[str, str]) -> None:
+    with _ReplicaDB(env) as db:
+        db.rows('DELETE FROM benchapp_benchreplica RETURNING id')
 
 
 def _start_consumer(replica_env: dict[str, str], workers: int) -> subprocess.Popen:
@@ -209,7 +259,7 @@ def bench_consume(n: int, workers: int, replica_env: dict[str, str]) -> float:
     from dj_cqrs.transport import RabbitMQTransport
 
     _declare_and_purge()
-    _clear_replica(replica_env['BENCH_DB'])
+    _clear_replica(replica_env)
     with transaction.atomic():
         first = BenchMaster.objects.create(name='consume 0')
         for i in range(1, n):
@@ -219,7 +269,7 @@ def bench_consume(n: int, workers: int, replica_env: dict[str, str]) -> float:
         time.sleep(0.01)
     process = _start_consumer(replica_env, workers)
     start = time.perf_counter()
-    while _replica_count(replica_env['BENCH_DB'], first.pk) < n:
+    while _replica_count(replica_env, first.pk) < n:
         time.sleep(0.005)
     elapsed = time.perf_counter() - start
     _stop(process)
@@ -227,8 +277,6 @@ def bench_consume(n: int, workers: int, replica_env: dict[str, str]) -> float:
 
 
 def bench_latency(replica_env: dict[str, str], count: int = 200, gap: float = 0.02) -> dict:
-    import sqlite3
-
     from bench.benchapp.models import BenchMaster
 
     _declare_and_purge()
@@ -238,16 +286,15 @@ def bench_latency(replica_env: dict[str, str], count: int = 200, gap: float = 0.
     done = threading.Event()
 
     def poll() -> None:
-        connection = sqlite3.connect(replica_env['BENCH_DB'], timeout=30)
-        while not done.is_set():
-            for (pk,) in connection.execute(
-                'SELECT id FROM benchapp_benchreplica WHERE name LIKE ?', ('latency %',)
-            ):
-                seen.setdefault(pk, time.perf_counter())
-            time.sleep(0.0005)
-        connection.close()
+        with _ReplicaDB(replica_env) as db:
+            while not done.is_set():
+                for (pk,) in db.rows(
+                    'SELECT id FROM benchapp_benchreplica WHERE name LIKE ?', ('latency %',)
+                ):
+                    seen.setdefault(pk, time.perf_counter())
+                time.sleep(0.0005)
 
-    _clear_replica(replica_env['BENCH_DB'])
+    _clear_replica(replica_env)
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     for i in range(count):
@@ -272,11 +319,12 @@ def bench_latency(replica_env: dict[str, str], count: int = 200, gap: float = 0.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--n', type=int, default=3000)
+    parser.add_argument('--database', choices=['sqlite', 'postgresql'], default='sqlite')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix='cqrs-bench-') as tmp:
-        replica_env = _setup(Path(tmp))
+        replica_env = _setup(Path(tmp), args.database)
         _declare_and_purge()
-        result: dict = {'n': args.n, 'database': 'sqlite', 'broker': 'rabbitmq'}
+        result: dict = {'n': args.n, 'database': args.database, 'broker': 'rabbitmq'}
         result.update(bench_autocommit(args.n))
         _declare_and_purge()
         result.update(bench_transaction(args.n))
@@ -292,6 +340,7 @@ def main() -> None:
         channel.queue_delete(cqrs_settings.replica.dead_letter_queue)
         channel.exchange_delete(cqrs_settings.exchange)
         connection.close()
+        _teardown(replica_env)
     print(json.dumps(result))
 
 

@@ -7,17 +7,29 @@ USE_TZ = True
 DEFAULT_AUTO_FIELD = 'django.db.models.AutoField'
 INSTALLED_APPS = ['django.contrib.contenttypes', 'dj_cqrs', 'bench.benchapp']
 
-DATABASES = {
-    'default': {
-        'ENGINE': 'django.db.backends.sqlite3',
-        'NAME': os.environ.get('BENCH_DB', '/tmp/cqrs-bench.sqlite3'),
-        'OPTIONS': {
-            'timeout': 30,
-            'transaction_mode': 'IMMEDIATE',
-            'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;',
+if os.environ.get('BENCH_DB_ENGINE') == 'postgresql':
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.postgresql',
+            'NAME': os.environ.get('BENCH_DB', 'cqrs_bench'),
+            'USER': os.environ.get('BENCH_PG_USER', 'cqrs'),
+            'PASSWORD': os.environ.get('BENCH_PG_PASSWORD', 'cqrs'),
+            'HOST': os.environ.get('BENCH_PG_HOST', '127.0.0.1'),
+            'PORT': os.environ.get('BENCH_PG_PORT', '5432'),
         },
-    },
-}
+    }
+else:
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.sqlite3',
+            'NAME': os.environ.get('BENCH_DB', '/tmp/cqrs-bench.sqlite3'),
+            'OPTIONS': {
+                'timeout': 30,
+                'transaction_mode': 'IMMEDIATE',
+                'init_command': 'PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;',
+            },
+        },
+    }
 
 CQRS = {
     'transport': os.environ.get('BENCH_TRANSPORT', 'dj_cqrs.transport.RabbitMQTransport'),

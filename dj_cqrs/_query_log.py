@@ -15,7 +15,6 @@ from dj_cqrs.constants import (
     PG_QUERY_CANCELED,
 )
 
-
 _TRANSACTION_STATEMENTS = ('SAVEPOINT', 'RELEASE SAVEPOINT', 'ROLLBACK TO SAVEPOINT')
 
 
