@@ -47,11 +47,18 @@ rabbitmq_up() {
   echo "services: starting rabbitmq-server" >&2
   nohup rabbitmq-server >"$RUN_DIR/rabbitmq.log" 2>&1 &
   echo started >"$RUN_DIR/rabbitmq.started"
-  timeout 180 rabbitmqctl -q await_startup >/dev/null 2>&1 || {
+  # await_startup fails at once while the node is not registered yet: ask again until it waits.
+  local started=0
+  for _ in $(seq 1 90); do
+    if timeout 180 rabbitmqctl -q await_startup >/dev/null 2>&1; then started=1; break; fi
+    port_open 5672 && { started=1; break; }
+    sleep 2
+  done
+  if [ "$started" != 1 ]; then
     echo "services: rabbitmq-server did not start; see $RUN_DIR/rabbitmq.log" >&2
     tail -n 20 "$RUN_DIR/rabbitmq.log" >&2
     exit 1
-  }
+  fi
   wait_port 5672 rabbitmq-server
 }
 
