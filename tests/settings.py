@@ -48,6 +48,11 @@ DATABASES = {
         'ENGINE': 'django.db.backends.sqlite3',
         'NAME': ':memory:',
     },
+    # A second database for the tests of changes saved with ``using='other'``.
+    'other': {
+        'ENGINE': 'django.db.backends.sqlite3',
+        'NAME': ':memory:',
+    },
 }
 
 CQRS = {

@@ -14,3 +14,7 @@ DATABASES = {
         'PORT': os.environ.get('CQRS_TEST_PG_PORT', '5432'),
     },
 }
+DATABASES['other'] = {
+    **DATABASES['default'],
+    'NAME': os.environ.get('CQRS_TEST_PG_OTHER_NAME', 'cqrs_tests_other'),
+}

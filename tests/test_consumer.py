@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, connection, connections, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
@@ -273,7 +273,7 @@ def test_meta_is_deep_copied(monkeypatch):
 @pytest.mark.django_db
 def test_no_db_model_opens_no_transaction(mocker, recorded, django_assert_num_queries):
     atomic = mocker.spy(transaction, 'atomic')
-    close = mocker.spy(consumer, 'close_old_connections')
+    close = mocker.spy(type(connections['default']), 'close_if_unusable_or_obsolete')
 
     with django_assert_num_queries(0):
         assert consume(save_payload('no_db', data(1, 0)))

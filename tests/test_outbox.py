@@ -6,9 +6,8 @@ so "the replica row appears" means "the message was published". The ``broker`` f
 wraps it with a switch that makes publishing fail (returns False or raises), the way a
 RabbitMQ transport does when the broker is down.
 
-``tests.settings`` has the single database ``default``: the ``using=`` side of the outbox is
-tested by calling ``outbox.record`` / ``outbox.relay_batch`` with that alias. A test of rows in
-a second database needs a second entry in ``DATABASES`` (a settings change).
+The test settings have a second database, ``other``: a change saved there keeps its outbox
+row there too.
 """
 
 import copy
@@ -32,7 +31,7 @@ from dj_cqrs.transport.mock import TransportMock
 from tests.dj_master.models import CustomDeleteModel, SimplestModel, TrackedModel
 from tests.dj_replica.models import CustomDeleteReplica, SimplestReplica
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db(transaction=True, databases=['default', 'other'])
 
 OUTBOX_TABLE = CQRSOutboxMessage._meta.db_table
 
@@ -497,7 +496,7 @@ def test_relay_without_outbox_table_is_a_command_error(outbox_on):
     with pytest.raises(CommandError, match=OUTBOX_TABLE), transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(f'DROP TABLE {OUTBOX_TABLE}')
-        relay('--min-age', '0')
+        relay('--min-age', '0', '--database', 'default')
 
     # The DROP was rolled back with the transaction.
     assert OUTBOX_TABLE in connection.introspection.table_names()
@@ -571,3 +570,32 @@ def test_relay_batch_failure_rolls_back_the_whole_batch(outbox_on, broker):
         outbox.relay_batch('default', batch_size=10, min_age=0)
 
     assert len(rows()) == 2
+
+
+# --- several databases ------------------------------------------------------------------------
+
+
+def test_outbox_rows_stay_in_the_database_of_the_change(outbox_on, broker):
+    broker.mode = 'false'
+    SimplestModel(id=7, name='elsewhere').save(using='other')
+    with transaction.atomic(using='other'):
+        SimplestModel(id=8, name='elsewhere too').save(using='other')
+    outbox.flush_published()
+
+    assert CQRSOutboxMessage.objects.using('other').count() == 2
+    assert CQRSOutboxMessage.objects.using('default').count() == 0
+
+    broker.mode = 'up'
+    assert 'Relayed 0 ' in relay('--min-age', '0', '--database', 'default')
+    assert 'Relayed 2 ' in relay('--min-age', '0', '--database', 'other')
+
+    assert replica_names() == {7: 'elsewhere', 8: 'elsewhere too'}
+    assert CQRSOutboxMessage.objects.using('other').count() == 0
+
+
+def test_published_change_in_another_database_removes_its_row(outbox_on, broker):
+    SimplestModel(id=9, name='published').save(using='other')
+    outbox.flush_published()
+
+    assert replica_names() == {9: 'published'}
+    assert CQRSOutboxMessage.objects.using('other').count() == 0

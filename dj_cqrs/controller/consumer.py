@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from django.db import close_old_connections, connections, router, transaction
+from django.db import connections, router, transaction
 
 from dj_cqrs._logging import logger
 from dj_cqrs._query_log import install_last_query_capturer, log_timed_out_queries
@@ -65,7 +65,8 @@ def route_signal_to_replica_model(
 
     using = router.db_for_write(model_cls)
     if not connections[using].in_atomic_block:
-        close_old_connections()
+        # Only this database's connection: others may be in the middle of a transaction.
+        connections[using].close_if_unusable_or_obsolete()
     try:
         with transaction.atomic(using=using):
             _apply_query_timeout(using)

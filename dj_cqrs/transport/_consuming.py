@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import ujson
-from django.db import DEFAULT_DB_ALIAS, close_old_connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
@@ -135,7 +135,7 @@ class Worker:
         ready = [d for d in deliveries if self._prepare(d)]
         if not ready:
             return
-        close_old_connections()
+        connections[self._batch_db(ready)].close_if_unusable_or_obsolete()
         outcomes: list[tuple[Delivery, Any, BaseException | None]] = []
         if len(ready) == 1:
             outcomes.append(self._apply(ready[0]))
