@@ -110,6 +110,8 @@ class _Published:
             self.flush()
 
     def flush(self) -> None:
+        if not self._count:
+            return
         from dj_cqrs.models import CQRSOutboxMessage
 
         with self._lock:

@@ -101,13 +101,15 @@ def produced_routing_key(payload: TransportPayload) -> str:
 
 def _abandon(connection: pika.BlockingConnection) -> None:
     """Close a connection's socket at once: a Close handshake on a dead socket would block."""
-    transport = getattr(getattr(connection, '_impl', None), '_transport', None)
-    sock = getattr(transport, '_sock', None)
-    try:
-        if sock is not None:
-            sock.close()
-    except OSError:
-        pass
+    impl = getattr(connection, '_impl', None)
+    sock = getattr(getattr(impl, '_transport', None), '_sock', None)
+    ioloop = getattr(impl, 'ioloop', None)
+    for close in (getattr(sock, 'close', None), getattr(ioloop, 'close', None)):
+        try:
+            if close is not None:
+                close()
+        except Exception:
+            pass
 
 
 class _Publisher:

@@ -9,6 +9,7 @@ the spot.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -21,9 +22,24 @@ CTL = Path('/usr/lib/rabbitmq/bin/rabbitmqctl')
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+    """A free port below the ephemeral range.
+
+    An ephemeral port could be taken, while the node is stopped, by a client socket connecting
+    to it: on Linux a TCP connection to 127.0.0.1:P from local port P connects to itself.
+    """
+    try:
+        low = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(20000, max(20001, low - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(('127.0.0.1', port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError('no free port below the ephemeral range')
 
 
 def port_open(port: int) -> bool:

@@ -140,7 +140,7 @@ def wait_count_stable(replica, seconds: float = 2.0, timeout: float = 60) -> int
 
 def relay_outbox() -> str:
     err = io.StringIO()
-    call_command('cqrs_relay', '--once', '--min-age', '0', stderr=err)
+    call_command('cqrs_relay', '--once', '--min-age', '0', '--database', 'default', stderr=err)
     return err.getvalue()
 
 
