@@ -10,6 +10,8 @@ from dj_cqrs.transport.base import BaseTransport
 from dj_cqrs.transport.kombu import KombuTransport
 from dj_cqrs.transport.rabbit_mq import RabbitMQTransport
 
+_resolved: dict[str, type[BaseTransport]] = {}
+
 
 class _CurrentTransport:
     """Stands for the transport class named by ``settings.CQRS['transport']``, read live."""
@@ -22,7 +24,10 @@ class _CurrentTransport:
             from django.core.exceptions import ImproperlyConfigured
 
             raise ImproperlyConfigured("settings.CQRS['transport'] is not set.")
-        return import_string(path)
+        transport = _resolved.get(path)
+        if transport is None:
+            transport = _resolved[path] = import_string(path)
+        return transport
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._resolve(), name)
