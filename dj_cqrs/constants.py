@@ -17,6 +17,7 @@ NO_QUEUE = 'None'
 
 FIELDS_TRACKER_FIELD_NAME = 'cqrs_field_tracker'
 TRACKED_FIELDS_ATTR_NAME = '_cqrs_tracked_fields_data'
+DELETED_ATTR = '_cqrs_deleted'
 
 DEFAULT_EXCHANGE = 'cqrs'
 DEFAULT_CONSUMER_PREFETCH_COUNT = 10

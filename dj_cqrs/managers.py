@@ -29,14 +29,14 @@ class MasterManager(Manager):
         objs = list(objs)
         for obj in objs:
             obj.cqrs_revision = 0
-            obj._cqrs_tracked_fields_data = None
+            obj.reset_cqrs_tracked_fields_data()
         using = self.db
         with transaction.atomic(using=using, savepoint=False):
             created = super().bulk_create(objs, **kwargs)
             if created:
                 for obj in created:
                     if obj.CQRS_TRACKED_FIELDS:
-                        obj._cqrs_tracked_fields_data = obj._cqrs_tracked_changes()
+                        obj.set_cqrs_tracked_fields_data(obj._cqrs_tracked_changes())
                         getattr(obj, FIELDS_TRACKER_FIELD_NAME).set_saved_fields()
                 self.model.call_post_bulk_create(created, using=using)
         return created
@@ -49,15 +49,17 @@ class MasterManager(Manager):
         model = queryset.model
         using = queryset.db or router.db_for_write(model)
         tracked = (
-            list(getattr(model, FIELDS_TRACKER_FIELD_NAME).fields)
-            if (model.CQRS_TRACKED_FIELDS)
+            [
+                (name, model._meta.get_field(name).attname)
+                for name in getattr(model, FIELDS_TRACKER_FIELD_NAME).fields
+            ]
+            if model.CQRS_TRACKED_FIELDS
             else []
         )
         with transaction.atomic(using=using, savepoint=False):
             if tracked:
-                before = {
-                    row['pk']: row for row in queryset.values('pk', *_attnames(model, tracked))
-                }
+                attnames = [attname for _, attname in tracked]
+                before = {row['pk']: row for row in queryset.values('pk', *attnames)}
                 pks = list(before)
             else:
                 before = {}
@@ -65,30 +67,25 @@ class MasterManager(Manager):
             now = timezone.now()
             updated = 0
             base = model._default_manager.using(using)
-            for start in range(0, len(pks), _CHUNK):
-                updated += base.filter(pk__in=pks[start : start + _CHUNK]).update(
+            chunks = [pks[start : start + _CHUNK] for start in range(0, len(pks), _CHUNK)]
+            for chunk in chunks:
+                updated += base.filter(pk__in=chunk).update(
                     cqrs_revision=F('cqrs_revision') + 1, cqrs_updated=now, **kwargs
                 )
-            instances = []
-            for start in range(0, len(pks), _CHUNK):
-                instances.extend(base.filter(pk__in=pks[start : start + _CHUNK]))
-            for instance in instances:
-                if tracked:
-                    instance._cqrs_tracked_fields_data = _changed(
-                        model, tracked, before.get(instance.pk, {}), instance
+            instances = [instance for chunk in chunks for instance in base.filter(pk__in=chunk)]
+            if tracked:
+                for instance in instances:
+                    instance.set_cqrs_tracked_fields_data(
+                        _changed(tracked, before.get(instance.pk, {}), instance)
                     )
             model.call_post_update(instances, using=using)
         return updated
 
 
-def _attnames(model: type, names: list[str]) -> list[str]:
-    return [model._meta.get_field(name).attname for name in names]
-
-
-def _changed(model: type, names: list[str], old: dict, instance: Any) -> dict:
+def _changed(tracked: list[tuple[str, str]], old: dict, instance: Any) -> dict:
+    """Previous values of the tracked fields whose value changed: {field name: old value}."""
     changes = {}
-    for name in names:
-        attname = model._meta.get_field(name).attname
+    for name, attname in tracked:
         previous = old.get(attname)
         if previous != getattr(instance, attname):
             changes[name] = get_json_valid_value(previous)

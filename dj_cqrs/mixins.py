@@ -12,10 +12,15 @@ from django.utils.module_loading import import_string
 
 from dj_cqrs import _on_commit, outbox
 from dj_cqrs.conf import cqrs_settings
-from dj_cqrs.constants import ALL_BASIC_FIELDS, FIELDS_TRACKER_FIELD_NAME
+from dj_cqrs.constants import (
+    ALL_BASIC_FIELDS,
+    DELETED_ATTR,
+    FIELDS_TRACKER_FIELD_NAME,
+    TRACKED_FIELDS_ATTR_NAME,
+)
 from dj_cqrs.managers import MasterManager, ReplicaManager
 from dj_cqrs.metas import MasterMeta, ReplicaMeta
-from dj_cqrs.signals import MasterSignals, post_bulk_create, post_update
+from dj_cqrs.signals import MasterSignals, is_published, post_bulk_create, post_update
 from dj_cqrs.utils import _current_bulk_relate_cache, get_json_valid_value
 
 
@@ -65,7 +70,7 @@ class RawMasterMixin(Model):
         return self._cqrs_save(using, args, kwargs)
 
     def _cqrs_save(self, using: str, args: tuple, kwargs: dict) -> None:
-        if self.__dict__.pop('_cqrs_deleted', False):
+        if self.__dict__.pop(DELETED_ATTR, False):
             _on_commit.forget(self)
         first_save = not _on_commit.is_pending(self, using)
         if not self._state.adding:
@@ -121,11 +126,15 @@ class RawMasterMixin(Model):
         """Previous values of the tracked fields changed in this revision (None if untracked)."""
         if not self.CQRS_TRACKED_FIELDS:
             return None
-        return self.__dict__.get('_cqrs_tracked_fields_data') or {}
+        return self.__dict__.get(TRACKED_FIELDS_ATTR_NAME) or {}
+
+    def set_cqrs_tracked_fields_data(self, data: dict | None) -> None:
+        """Set the previous values to publish (used by the bulk operations)."""
+        self.__dict__[TRACKED_FIELDS_ATTR_NAME] = data
 
     def reset_cqrs_tracked_fields_data(self) -> None:
         """Forget the previous values collected since the last publish."""
-        self.__dict__.pop('_cqrs_tracked_fields_data', None)
+        self.__dict__.pop(TRACKED_FIELDS_ATTR_NAME, None)
 
     def cqrs_sync(self, using: str | None = None, queue: str | None = None) -> bool:
         """Publish the current state as a SYNC, to every replica or only to ``queue``.
@@ -133,7 +142,7 @@ class RawMasterMixin(Model):
         Returns False for unsaved instances, instances gone from the database and models that
         do not produce.
         """
-        if self._state.adding or not self.CQRS_PRODUCE or not self.is_sync_instance():
+        if self._state.adding or not is_published(self):
             return False
         using = using or self._state.db
         if not self.CQRS_SERIALIZER:
@@ -214,9 +223,9 @@ class RawMasterMixin(Model):
         if not self.CQRS_TRACKED_FIELDS:
             return
         changed = self._cqrs_tracked_changes()
-        collected = self.__dict__.get('_cqrs_tracked_fields_data')
+        collected = self.__dict__.get(TRACKED_FIELDS_ATTR_NAME)
         if first_save or collected is None:
-            self._cqrs_tracked_fields_data = changed
+            self.__dict__[TRACKED_FIELDS_ATTR_NAME] = changed
         else:
             for name, value in changed.items():
                 collected.setdefault(name, value)

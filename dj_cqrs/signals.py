@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from dj_cqrs import _on_commit, outbox
 from dj_cqrs._logging import logger
-from dj_cqrs.constants import SignalType
+from dj_cqrs.constants import DELETED_ATTR, SignalType
 from dj_cqrs.controller import producer
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.utils import (
@@ -23,7 +23,6 @@ from dj_cqrs.utils import (
     get_message_expiration_dt,
 )
 
-_DELETED_ATTR = '_cqrs_deleted'
 _OUTBOX_ATTR = '_cqrs_outbox_ref'
 
 post_bulk_create = Signal()
@@ -59,7 +58,7 @@ class MasterSignals:
         using = kwargs.get('using') or router.db_for_write(sender, instance=instance)
         sync = kwargs.get('sync', False)
         queue = kwargs.get('queue')
-        if not (sender.CQRS_PRODUCE and instance.is_sync_instance()):
+        if not is_published(instance):
             return
         if _on_commit.is_pending(instance, using):
             ref = instance.__dict__.get(_OUTBOX_ATTR)
@@ -94,8 +93,8 @@ class MasterSignals:
     def post_delete(sender: type, **kwargs: Any) -> None:
         """Publish a DELETE once the transaction commits (it replaces a pending SAVE)."""
         instance = kwargs['instance']
-        instance.__dict__[_DELETED_ATTR] = True
-        if not (sender.CQRS_PRODUCE and instance.is_sync_instance()):
+        instance.__dict__[DELETED_ATTR] = True
+        if not is_published(instance):
             return
         using = kwargs.get('using') or router.db_for_write(sender, instance=instance)
         instance_data = {
@@ -129,12 +128,17 @@ class MasterSignals:
             cls.post_save(sender, instance=instance, using=kwargs.get('using'))
 
 
+def is_published(instance: Any) -> bool:
+    """Whether changes of ``instance`` are published (``CQRS_PRODUCE`` and
+    ``is_sync_instance()``)."""
+    return bool(type(instance).CQRS_PRODUCE and instance.is_sync_instance())
+
+
 def publish_sync(instance: Any, using: str, queue: str | None = None) -> bool:
     """Publish a SYNC of an instance just read from the database (no re-read)."""
-    model_cls = type(instance)
-    if not (model_cls.CQRS_PRODUCE and instance.is_sync_instance()):
+    if not is_published(instance):
         return False
-    return _produce_save(model_cls, instance, using, True, queue)
+    return _produce_save(type(instance), instance, using, True, queue)
 
 
 def _build_payload(
@@ -186,7 +190,7 @@ def _produce_save(
     queue: str | None,
     ref: outbox.OutboxRef | None = None,
 ) -> bool:
-    if instance.__dict__.get(_DELETED_ATTR):
+    if instance.__dict__.get(DELETED_ATTR):
         outbox.mark_published(ref)
         return False
     signal_type = SignalType.SYNC if sync else SignalType.SAVE

@@ -66,6 +66,10 @@ class DelayQueue:
             due.append(heapq.heappop(self._heap)[2])
         return due
 
+    def seconds_to_next_due(self) -> float | None:
+        """Seconds until the earliest delivery is due (None when the queue is empty)."""
+        return None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic())
+
     def clear(self) -> None:
         self._heap.clear()
 
@@ -129,6 +133,7 @@ class Worker:
         if delay_queue_max_size is False:
             delay_queue_max_size = cqrs_settings.replica.delay_queue_max_size
         self.delay_queue = DelayQueue(delay_queue_max_size)
+        self.inbox: list[Delivery] = []
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
         """Apply received deliveries: one transaction, a savepoint each, acks after commit."""
@@ -154,14 +159,25 @@ class Worker:
             else:
                 self._fail(delivery, exc)
 
+    def receive(self, delivery: Delivery) -> None:
+        """Keep a delivery for the next batch (called from the transport's message callback)."""
+        self.inbox.append(delivery)
+
+    def run(self, stop: Any, poll: Callable[[float], None], max_wait: float = 0.5) -> None:
+        """Until ``stop`` is set: ``poll(timeout)`` the broker, apply what arrived, retry what
+        is due."""
+        while not stop.is_set():
+            wait = self.delay_queue.seconds_to_next_due()
+            poll(max_wait if wait is None else max(min(wait, max_wait), 0.01))
+            while self.inbox:
+                batch, self.inbox = self.inbox, []
+                self.handle_batch(batch)
+            self.process_due()
+
     def process_due(self, now: float | None = None) -> None:
         """Republish the delayed messages whose retry time has come."""
         for delivery in self.delay_queue.pop_due(time.monotonic() if now is None else now):
             self._requeue(delivery)
-
-    def seconds_to_next_due(self) -> float | None:
-        heap = self.delay_queue._heap
-        return None if not heap else max(0.0, heap[0][0] - time.monotonic())
 
     def _prepare(self, delivery: Delivery) -> bool:
         payload, error = parse_body(delivery.body)

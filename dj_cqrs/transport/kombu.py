@@ -214,12 +214,11 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         queue(channel).declare()
         dead(channel).declare()
         producer = kombu.Producer(connection.channel(), exchange=_exchange())
-        inbox: list[Delivery] = []
         prefetch = cqrs_settings.consumer_prefetch_count
 
         def on_message(message: Any) -> None:
             routing_key = message.delivery_info.get('routing_key', '')
-            inbox.append(Delivery(message.body, routing_key, message))
+            worker.receive(Delivery(message.body, routing_key, message))
 
         def publish(routing_key: str, body: str, expiration: str | None) -> None:
             producer.publish(body, routing_key=routing_key, **_publish_kwargs(expiration))
@@ -238,15 +237,12 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         consumer.qos(prefetch_count=prefetch)
         consumer.consume()
         logger.info('CQRS consumer is ready: queue %s at %s.', queue.name, _location(connection))
-        while not cls._stop.is_set():
-            wait = worker.seconds_to_next_due()
+
+        def poll(timeout: float) -> None:
             try:
-                connection.drain_events(timeout=0.5 if wait is None else max(min(wait, 0.5), 0.01))
+                connection.drain_events(timeout=timeout)
             except TimeoutError:
                 pass
-            while inbox:
-                batch = inbox[:]
-                inbox.clear()
-                worker.handle_batch(batch)
-            worker.process_due()
+
+        worker.run(cls._stop, poll)
         consumer.cancel()

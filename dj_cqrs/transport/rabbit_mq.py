@@ -386,10 +386,8 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         publish_channel = connection.channel()
         publish_channel.confirm_delivery()
 
-        inbox: list[Delivery] = []
-
         def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-            inbox.append(Delivery(body, method.routing_key, method.delivery_tag))
+            worker.receive(Delivery(body, method.routing_key, method.delivery_tag))
 
         def publish(routing_key: str, body: str, expiration: str | None) -> None:
             try:
@@ -412,14 +410,7 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         )
         channel.basic_consume(queue, on_message, auto_ack=False)
         logger.info('CQRS consumer is ready: queue %s at %s.', queue, broker_location())
-        while not cls._stop.is_set():
-            wait = worker.seconds_to_next_due()
-            connection.process_data_events(time_limit=0.5 if wait is None else min(wait, 0.5))
-            while inbox:
-                batch = inbox[:]
-                inbox.clear()
-                worker.handle_batch(batch)
-            worker.process_due()
+        worker.run(cls._stop, lambda timeout: connection.process_data_events(time_limit=timeout))
 
     @classmethod
     def declare_replica_topology(cls, channel: Any, cqrs_ids: Iterable[str] | None = None):
