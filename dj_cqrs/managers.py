@@ -10,8 +10,8 @@ from django.db.models import F, Manager, Model, QuerySet, signals
 from django.utils import timezone
 
 from dj_cqrs._logging import logger
-from dj_cqrs._query_log import log_timed_out_queries
 from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME
+from dj_cqrs.logger import log_timed_out_queries
 from dj_cqrs.utils import get_json_valid_value
 
 _CHUNK = 1000
@@ -102,18 +102,51 @@ class ReplicaManager(Manager):
         sync: bool = False,
         meta: dict | None = None,
     ) -> Any:
-        """Create or update the row described by ``master_data``; falsy when not applied."""
+        """Create or update the row described by ``master_data``; falsy when not applied.
+
+        ``previous_data`` is mapped like the data (``CQRS_MAPPING`` names, model fields only)
+        before it reaches ``cqrs_create`` / ``cqrs_update``; empty previous data is None.
+        """
         mapped_data = self._map_save_data(master_data)
         if mapped_data is None:
             return None
+        mapped_previous_data = self._map_previous_data(previous_data) if previous_data else None
         pk_value = mapped_data[self._pk_key(mapped_data)]
         queryset = self.model._default_manager.using(self._write_db).filter(pk=pk_value)
         if self.model.CQRS_SELECT_FOR_UPDATE:
             queryset = queryset.select_for_update()
         instance = queryset.first()
         if instance is None:
-            return self.create_instance(mapped_data, previous_data, sync, meta)
-        return self.update_instance(instance, mapped_data, previous_data, sync, meta)
+            return self.create_instance(mapped_data, mapped_previous_data, sync, meta)
+        return self.update_instance(instance, mapped_data, mapped_previous_data, sync, meta)
+
+    def model_field_values(self, mapped_data: dict) -> dict:
+        """``mapped_data`` as model keyword arguments: foreign keys given as a primary key
+        value (``author=1``) are set through their attname (``author_id=1``)."""
+        relations = self._relation_attnames
+        if not relations:
+            return mapped_data
+        values = {}
+        for name, value in mapped_data.items():
+            related = relations.get(name)
+            if related is not None and not isinstance(value, related[1]):
+                values[related[0]] = value
+            else:
+                values[name] = value
+        return values
+
+    @property
+    def _relation_attnames(self) -> dict[str, tuple[str, type]]:
+        model = self.model
+        cached = model.__dict__.get('_cqrs_relation_attnames')
+        if cached is None:
+            cached = {
+                f.name: (f.attname, f.related_model)
+                for f in model._meta.concrete_fields
+                if f.is_relation and f.attname != f.name
+            }
+            model._cqrs_relation_attnames = cached
+        return cached
 
     def bulk_save_instances(self, rows: list[dict], sync: bool = False) -> list:
         """Apply many SAVE (or SYNC) rows with one lookup query and one insert for new rows.
@@ -129,7 +162,9 @@ class ReplicaManager(Manager):
             or signals.pre_save.has_listeners(model)
             or signals.post_save.has_listeners(model)
         ):
-            return [model.cqrs_save(row, sync=sync) for row in rows]
+            if sync:
+                return [model.cqrs_save(row, sync=True) for row in rows]
+            return [model.cqrs_save(row) for row in rows]
         results: list[Any] = [None] * len(rows)
         pk_field = model._meta.pk
         mapped_rows: list[tuple[int, Any, dict]] = []
@@ -162,7 +197,7 @@ class ReplicaManager(Manager):
             else:
                 new_rows[pk_value] = (index, mapped)
         if new_rows:
-            objs = [model(**mapped) for _, mapped in new_rows.values()]
+            objs = [model(**self.model_field_values(mapped)) for _, mapped in new_rows.values()]
             try:
                 with transaction.atomic(using=self._write_db):
                     model._default_manager.using(self._write_db).bulk_create(objs)
@@ -190,7 +225,7 @@ class ReplicaManager(Manager):
                     sync, mapped_data, **self._hook_kwargs(previous_data, meta)
                 )
         except (Error, ValidationError) as exc:
-            log_timed_out_queries(exc, self._write_db)
+            log_timed_out_queries(exc, self.model, self._write_db)
             if isinstance(exc, IntegrityError):
                 logger.warning(
                     'Potentially wrong CQRS sync order: pk = %s, cqrs_revision = %s (%s).',
@@ -198,7 +233,7 @@ class ReplicaManager(Manager):
                     mapped_data['cqrs_revision'],
                     self.model.CQRS_ID,
                 )
-            logger.error('CQRS create error: pk = %s (%s): %s', pk_value, self.model.CQRS_ID, exc)
+            logger.error('%s\nCQRS create error: pk = %s (%s).', exc, pk_value, self.model.CQRS_ID)
             return None
 
     def update_instance(
@@ -248,7 +283,7 @@ class ReplicaManager(Manager):
                 return instance
             if new != existing + 1:
                 logger.warning(
-                    'Lost or filtered out %s CQRS packages: pk = %s, cqrs_revision = %s (%s).',
+                    'Lost or filtered out %s CQRS packages: pk = %s, cqrs_revision = %s (%s)',
                     new - existing - 1,
                     pk_value,
                     new,
@@ -260,22 +295,22 @@ class ReplicaManager(Manager):
                     sync, mapped_data, **self._hook_kwargs(previous_data, meta)
                 )
         except (Error, ValidationError) as exc:
-            log_timed_out_queries(exc, self._write_db)
+            log_timed_out_queries(exc, self.model, self._write_db)
             logger.error(
-                'CQRS update error: pk = %s, cqrs_revision = %s (%s): %s',
+                '%s\nCQRS update error: pk = %s, cqrs_revision = %s (%s).',
+                exc,
                 pk_value,
                 new,
                 cqrs_id,
-                exc,
             )
             return None
 
     def delete_instance(self, master_data: dict) -> bool:
         """Delete the row with pk ``master_data['id']``; True even when nothing was there."""
-        if not _has_cqrs_fields(master_data, self.model.CQRS_ID):
-            return False
         if 'id' not in master_data:
-            logger.error('CQRS DELETE data has no "id" (%s).', self.model.CQRS_ID)
+            _log_pk_error(self.model.CQRS_ID)
+            return False
+        if not _has_cqrs_fields(master_data, self.model.CQRS_ID):
             return False
         try:
             with transaction.atomic(using=self._write_db):
@@ -284,7 +319,7 @@ class ReplicaManager(Manager):
                 ).delete()
         except Error as exc:
             logger.error(
-                'CQRS delete error: pk = %s (%s): %s', master_data['id'], self.model.CQRS_ID, exc
+                '%s\nCQRS delete error: pk = %s (%s).', exc, master_data['id'], self.model.CQRS_ID
             )
             return False
         return True
@@ -312,7 +347,7 @@ class ReplicaManager(Manager):
             return None
         pk = model._meta.pk
         if pk.name not in mapped and pk.attname not in mapped:
-            logger.error('CQRS data has no primary key %r (%s).', pk.name, model.CQRS_ID)
+            _log_pk_error(model.CQRS_ID)
             return None
         if model.CQRS_CUSTOM_SERIALIZATION:
             return mapped
@@ -332,23 +367,29 @@ class ReplicaManager(Manager):
         for master_name, replica_name in mapping.items():
             if master_name not in master_data:
                 logger.error(
-                    'Bad master-replica mapping: %r is not in the data (%s).',
-                    master_name,
-                    self.model.CQRS_ID,
+                    'Bad master-replica mapping for %s (%s).', master_name, self.model.CQRS_ID
                 )
                 return None
             mapped[replica_name] = master_data[master_name]
         return mapped
 
+    def _map_previous_data(self, previous_data: dict) -> dict:
+        mapping = self.model.CQRS_MAPPING
+        if not mapping:
+            return previous_data
+        mapped = {
+            replica_name: previous_data[master_name]
+            for master_name, replica_name in mapping.items()
+            if master_name in previous_data
+        }
+        return self._remove_excessive_data(mapped)
+
     def _remove_excessive_data(self, data: dict) -> dict:
+        """Only the model's fields, under the name they have in ``data`` (field name first)."""
         result = {}
         for field in self.model._meta.concrete_fields:
             if field.name in data:
-                value = data[field.name]
-                if field.is_relation and not isinstance(value, field.related_model):
-                    result[field.attname] = value
-                else:
-                    result[field.name] = value
+                result[field.name] = data[field.name]
             elif field.attname in data:
                 result[field.attname] = data[field.attname]
         return result
@@ -364,7 +405,7 @@ class ReplicaManager(Manager):
         ]
         if missing:
             logger.error(
-                'Not all required CQRS fields are provided in data (%s): %s.',
+                'Not all required CQRS fields are provided in data (%s). Missing: %s.',
                 self.model.CQRS_ID,
                 ', '.join(missing),
             )
@@ -381,7 +422,9 @@ def _overrides(model: type, name: str) -> bool:
 def _has_cqrs_fields(master_data: dict, cqrs_id: str) -> bool:
     if 'cqrs_revision' in master_data and 'cqrs_updated' in master_data:
         return True
-    logger.error(
-        'CQRS sync fields (cqrs_revision, cqrs_updated) are not provided in data (%s).', cqrs_id
-    )
+    logger.error('CQRS sync fields are not provided in data (%s).', cqrs_id)
     return False
+
+
+def _log_pk_error(cqrs_id: str) -> None:
+    logger.error('CQRS PK is not provided in data (%s).', cqrs_id)

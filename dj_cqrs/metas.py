@@ -82,11 +82,15 @@ def _install_tracker(model_cls: type) -> None:
 
 
 class ReplicaMeta(ModelBase):
-    """Metaclass of ``ReplicaMixin``: registers every concrete subclass."""
+    """Metaclass of ``ReplicaMixin``: registers every subclass.
+
+    Abstract subclasses are registered when they set a ``CQRS_ID`` (table-less handlers with
+    ``CQRS_NO_DB_OPERATIONS``); an abstract base without one is just a base class.
+    """
 
     def __new__(mcs, name, bases, attrs, **kwargs):
         model_cls = super().__new__(mcs, name, bases, attrs, **kwargs)
-        if not model_cls._meta.abstract:
+        if not model_cls._meta.abstract or attrs.get('CQRS_ID'):
             ReplicaMeta.register(model_cls)
         return model_cls
 
@@ -113,5 +117,7 @@ def _check_mapping(model_cls: type, mapping: object) -> None:
         )
     if len(set(mapping.values())) != len(mapping):
         _fail(model_cls, 'CQRS_MAPPING maps two master fields to one replica field.')
+    if opts.pk is None:
+        return
     if opts.pk.name not in mapping.values() and opts.pk.attname not in mapping.values():
         _fail(model_cls, f'CQRS_MAPPING must include the primary key {opts.pk.name!r}.')

@@ -263,19 +263,17 @@ class RawReplicaMixin:
     CQRS_ONLY_DIRECT_SYNCS = False
 
     @classmethod
-    def cqrs_save(
-        cls,
-        master_data: dict,
-        previous_data: dict | None = None,
-        sync: bool = False,
-        meta: dict | None = None,
-    ) -> Any:
-        """Apply a SAVE or SYNC; return a truthy value when handled."""
+    def cqrs_save(cls, master_data: dict, **kwargs: Any) -> Any:
+        """Apply a SAVE or SYNC; return a truthy value when handled.
+
+        Called as ``cqrs_save(data, previous_data=...)``, plus ``sync=True`` for a SYNC and
+        ``meta=...`` when ``CQRS_META`` is set.
+        """
         raise NotImplementedError
 
     @classmethod
-    def cqrs_delete(cls, master_data: dict, meta: dict | None = None) -> Any:
-        """Apply a DELETE; return a truthy value when handled."""
+    def cqrs_delete(cls, master_data: dict, **kwargs: Any) -> Any:
+        """Apply a DELETE; return a truthy value when handled (``meta=...`` with ``CQRS_META``)."""
         raise NotImplementedError
 
     @staticmethod
@@ -294,8 +292,10 @@ class ReplicaMixin(RawReplicaMixin, Model, metaclass=ReplicaMeta):
     """Mixin for read-only copies of a master model, kept up to date by ``cqrs_consume``.
 
     Set ``CQRS_ID`` as on the master; optionally ``CQRS_MAPPING``,
-    ``CQRS_CUSTOM_SERIALIZATION``, ``CQRS_SELECT_FOR_UPDATE``, ``CQRS_META`` and
-    ``CQRS_ONLY_DIRECT_SYNCS``.
+    ``CQRS_CUSTOM_SERIALIZATION``, ``CQRS_SELECT_FOR_UPDATE``, ``CQRS_META``,
+    ``CQRS_ONLY_DIRECT_SYNCS`` and ``CQRS_NO_DB_OPERATIONS`` (then ``cqrs_save`` and
+    ``cqrs_delete`` must be overridden; an abstract model with a ``CQRS_ID`` is a table-less
+    handler).
     """
 
     CQRS_MAPPING: dict[str, str] | None = None
@@ -321,6 +321,8 @@ class ReplicaMixin(RawReplicaMixin, Model, metaclass=ReplicaMeta):
         meta: dict | None = None,
     ) -> Any:
         """Create or update the row from master data, following the revision rules."""
+        if cls.CQRS_NO_DB_OPERATIONS:
+            return super().cqrs_save(master_data, previous_data=previous_data, sync=sync, meta=meta)
         return cls.cqrs.save_instance(master_data, previous_data, sync, meta)
 
     @classmethod
@@ -331,8 +333,12 @@ class ReplicaMixin(RawReplicaMixin, Model, metaclass=ReplicaMeta):
         previous_data: dict | None = None,
         meta: dict | None = None,
     ) -> Any:
-        """Create the row (override for custom creation)."""
-        return cls._default_manager.create(**mapped_data)
+        """Create the row (override for custom creation).
+
+        ``mapped_data`` names foreign keys as the master sends them (``author``), with the
+        related primary key as the value.
+        """
+        return cls._default_manager.create(**cls.cqrs.model_field_values(mapped_data))
 
     def cqrs_update(
         self,
@@ -342,7 +348,7 @@ class ReplicaMixin(RawReplicaMixin, Model, metaclass=ReplicaMeta):
         meta: dict | None = None,
     ) -> Any:
         """Update the row (override for custom updates)."""
-        for name, value in mapped_data.items():
+        for name, value in type(self).cqrs.model_field_values(mapped_data).items():
             setattr(self, name, value)
         self.save()
         return self
@@ -350,4 +356,6 @@ class ReplicaMixin(RawReplicaMixin, Model, metaclass=ReplicaMeta):
     @classmethod
     def cqrs_delete(cls, master_data: dict, meta: dict | None = None) -> bool:
         """Delete the row named by ``master_data['id']``; True even if it was not there."""
+        if cls.CQRS_NO_DB_OPERATIONS:
+            return super().cqrs_delete(master_data, meta=meta)
         return cls.cqrs.delete_instance(master_data)

@@ -17,8 +17,8 @@ class RegistryMixin:
         registered = cls.models.get(cqrs_id)
         if registered is not None and _label(registered) != _label(model_cls):
             raise AssertionError(
-                f'Two models have CQRS_ID {cqrs_id!r}: {_label(registered)} and '
-                f'{_label(model_cls)} ({cls.__name__}).'
+                f"Two models can't have the same CQRS_ID: {cqrs_id}. "
+                f'{_label(registered)} has it already, {_label(model_cls)} too ({cls.__name__}).'
             )
         cls.models[cqrs_id] = model_cls
 
@@ -27,7 +27,7 @@ class RegistryMixin:
         """Return the model registered under ``cqrs_id``, or log an error and return None."""
         model_cls = cls.models.get(cqrs_id)
         if model_cls is None:
-            logger.error('No model with such CQRS_ID: %s (%s).', cqrs_id, cls.__name__)
+            logger.error('No model with such CQRS_ID: %s.', cqrs_id)
         return model_cls
 
 
@@ -52,7 +52,7 @@ class ReplicaRegistry(RegistryMixin):
 
         if not cqrs_settings.queue:
             raise AssertionError(
-                f"Replica model {_label(model_cls)} needs settings.CQRS['queue'], the name of "
-                "this service's replica queue."
+                'CQRS queue must be set for the service, that has replica models. '
+                f"{_label(model_cls)} needs settings.CQRS['queue']."
             )
         super().register_model(model_cls)

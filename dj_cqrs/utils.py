@@ -119,3 +119,31 @@ def _current_bulk_relate_cache(model_cls: type) -> _BulkRelateCache | None:
         if cache.accepts(model_cls):
             return cache
     return None
+
+
+def apply_query_timeouts(model_cls: type, using: str | None = None) -> None:
+    """Apply ``CQRS_QUERY_TIMEOUT`` (milliseconds) to the connection of replica ``model_cls``.
+
+    PostgreSQL and MySQL only. Inside a transaction a PostgreSQL timeout lasts until its end
+    (``SET LOCAL``), outside one it is set for the session. With
+    ``CQRS_LOG_TIMED_OUT_QUERIES`` the connection also starts remembering its last query.
+    """
+    from dj_cqrs.conf import cqrs_settings
+    from dj_cqrs.constants import DB_VENDOR_PG, SUPPORTED_TIMEOUT_DB_VENDORS
+    from dj_cqrs.logger import install_last_query_capturer, model_connection
+
+    timeout = int(cqrs_settings.replica.CQRS_QUERY_TIMEOUT or 0)
+    if timeout <= 0:
+        return
+    if cqrs_settings.replica.CQRS_LOG_TIMED_OUT_QUERIES:
+        install_last_query_capturer(model_cls, using)
+    connection = model_connection(model_cls, using)
+    if connection.vendor not in SUPPORTED_TIMEOUT_DB_VENDORS:
+        return
+    if connection.vendor == DB_VENDOR_PG:
+        scope = 'LOCAL ' if connection.in_atomic_block else ''
+        statement = f'SET {scope}statement_timeout TO %s'
+    else:
+        statement = 'SET SESSION MAX_EXECUTION_TIME=%s'
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [timeout])

@@ -5,22 +5,23 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import Error, connections, router, transaction
 
 from dj_cqrs._logging import logger
-from dj_cqrs._query_log import install_last_query_capturer, log_timed_out_queries
 from dj_cqrs.conf import cqrs_settings
-from dj_cqrs.constants import DB_VENDOR_MYSQL, DB_VENDOR_PG, SignalType
+from dj_cqrs.constants import SignalType
 from dj_cqrs.dataclasses import TransportPayload
+from dj_cqrs.logger import log_timed_out_queries
 from dj_cqrs.registries import ReplicaRegistry
+from dj_cqrs.utils import apply_query_timeouts
 
 
 def consume(payload: TransportPayload) -> Any:
     """Apply ``payload`` on the replica side.
 
-    Returns the truthy result of the replica hook when the message is handled, a falsy value
-    when it failed; an exception raised by a hook is logged and raised again for the
-    transport to retry or dead-letter the message.
+    Returns the result of the replica hook: truthy when the message is handled, falsy (the
+    transport retries it) when it was not, e.g. after a database error. Other exceptions
+    raised by a hook propagate to the transport, which retries the message too.
     """
     payload = copy.deepcopy(payload)
     return route_signal_to_replica_model(
@@ -41,9 +42,15 @@ def route_signal_to_replica_model(
     meta: dict | None = None,
     queue: str | None = None,
 ) -> Any:
-    """Find the replica model of ``cqrs_id`` and apply one message to it."""
+    """Find the replica model of ``cqrs_id`` and apply one message to it.
+
+    The hooks are called as ``cqrs_save(data, previous_data=...)`` for a SAVE, with
+    ``sync=True`` added for a SYNC, and ``cqrs_delete(data)`` for a DELETE; ``meta=...`` is
+    passed to both only when the model sets ``CQRS_META``. A database error is logged and
+    None is returned.
+    """
     if signal_type not in SignalType.ALL:
-        logger.error('Bad signal type %r for CQRS_ID %s.', signal_type, cqrs_id)
+        logger.error('Bad signal type "%s" for CQRS_ID "%s".', signal_type, cqrs_id)
         return None
     if not isinstance(instance_data, dict):
         logger.error('Bad instance_data for CQRS_ID %s: a JSON object is required.', cqrs_id)
@@ -69,16 +76,20 @@ def route_signal_to_replica_model(
         connections[using].close_if_unusable_or_obsolete()
     try:
         with transaction.atomic(using=using):
-            _apply_query_timeout(using)
-            try:
-                return _apply(model_cls, signal_type, instance_data, previous_data, meta)
-            except Exception as exc:
-                log_timed_out_queries(exc, using)
-                raise
-    except Exception as exc:
-        pk = instance_data.get('id', instance_data.get(model_cls._meta.pk.name))
-        logger.error('CQRS %s error: pk = %s (%s): %s', signal_type, pk, cqrs_id, exc)
-        raise
+            apply_query_timeouts(model_cls, using)
+            return _apply(model_cls, signal_type, instance_data, previous_data, meta)
+    except Error as exc:
+        pk = instance_data.get(getattr(model_cls._meta.pk, 'name', 'id'))
+        logger.error(
+            '%s\nCQRS %s error: pk = %s, cqrs_revision = %s (%s).',
+            exc,
+            signal_type,
+            pk,
+            instance_data.get('cqrs_revision'),
+            model_cls.CQRS_ID,
+        )
+        log_timed_out_queries(exc, model_cls, using)
+        return None
 
 
 def _apply(
@@ -88,29 +99,13 @@ def _apply(
     previous_data: dict | None,
     meta: dict | None,
 ) -> Any:
-    meta_kwargs = {'meta': meta} if model_cls.CQRS_META else {}
     if signal_type == SignalType.DELETE:
-        return model_cls.cqrs_delete(instance_data, **meta_kwargs)
-    return model_cls.cqrs_save(
-        instance_data,
-        previous_data=previous_data,
-        sync=signal_type == SignalType.SYNC,
-        **meta_kwargs,
-    )
-
-
-def _apply_query_timeout(using: str) -> None:
-    timeout = cqrs_settings.replica.CQRS_QUERY_TIMEOUT
-    if not timeout:
-        return
-    connection = connections[using]
-    if cqrs_settings.replica.CQRS_LOG_TIMED_OUT_QUERIES:
-        install_last_query_capturer(connection)
-    if connection.vendor == DB_VENDOR_PG:
-        statement = 'SET LOCAL statement_timeout TO %s'
-    elif connection.vendor == DB_VENDOR_MYSQL:
-        statement = 'SET SESSION MAX_EXECUTION_TIME=%s'
-    else:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(statement, [int(timeout)])
+        if model_cls.CQRS_META:
+            return model_cls.cqrs_delete(instance_data, meta=meta)
+        return model_cls.cqrs_delete(instance_data)
+    kwargs: dict[str, Any] = {'previous_data': previous_data}
+    if model_cls.CQRS_META:
+        kwargs['meta'] = meta
+    if signal_type == SignalType.SYNC:
+        kwargs['sync'] = True
+    return model_cls.cqrs_save(instance_data, **kwargs)
