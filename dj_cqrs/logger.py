@@ -15,7 +15,6 @@ from django.db import OperationalError, connections, router
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.constants import (
     DB_VENDOR_MYSQL,
-    DB_VENDOR_PG,
     MYSQL_TIMEOUT_ERROR_CODE,
     PG_QUERY_CANCELED,
     PG_TIMEOUT_FLAG,

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_replica import models as replica_models
 
 
@@ -44,11 +44,11 @@ def cqrs_logs(caplog):
 def produced(monkeypatch):
     """Payloads handed to the transport, in order (they are still applied on the replica)."""
     payloads = []
-    original = TransportMock.produce
+    original = LoopbackTransport.produce
 
     def produce(payload):
         payloads.append(payload)
         return original(payload)
 
-    monkeypatch.setattr(TransportMock, 'produce', staticmethod(produce))
+    monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(produce))
     return payloads

@@ -56,7 +56,7 @@ DATABASES = {
 }
 
 CQRS = {
-    'transport': 'dj_cqrs.transport.mock.TransportMock',
+    'transport': 'dj_cqrs.transport.loopback.LoopbackTransport',
     'queue': 'replica',
     'master': {
         'CQRS_AUTO_UPDATE_FIELDS': False,

@@ -15,7 +15,7 @@ from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import consumer
 from dj_cqrs.controller.consumer import consume
 from dj_cqrs.dataclasses import TransportPayload
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_replica.models import MetaReplica, NoDBReplica, RawReplica, SimplestReplica
 
 UPDATED = '2024-05-01 10:00:00+00:00'
@@ -299,12 +299,12 @@ def test_raw_replica_hook_exception_is_reraised(cqrs_logs, monkeypatch):
         consume(save_payload('raw', data(1, 0)))
 
 
-# --- transport mock round trip -------------------------------------------------------------------
+# --- loop-back transport round trip ------------------------------------------------------------
 
 
 @pytest.mark.django_db
-def test_transport_mock_consume_applies_payload():
-    assert TransportMock.consume(save_payload(instance_data=data(2, 0, name='via transport')))
+def test_loopback_transport_consume_applies_payload():
+    assert LoopbackTransport.consume(save_payload(instance_data=data(2, 0, name='via transport')))
     assert SimplestReplica.objects.get(id=2).name == 'via transport'
 
 

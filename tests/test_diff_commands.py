@@ -1,7 +1,7 @@
 """The diff commands (SPEC §7): cqrs_diff_master | cqrs_diff_replica | cqrs_diff_sync and
 cqrs_deleted_diff_replica | cqrs_deleted_diff_master | cqrs_deleted_sync_replica, run in-process.
 
-The test project has the master and the replica tables in one database and ``TransportMock``
+The test project has the master and the replica tables in one database and ``LoopbackTransport``
 applies every published message at once, so a SYNC repairs the replica table immediately.
 """
 

@@ -12,7 +12,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from dj_cqrs.constants import SignalType
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from tests import settings as test_settings
 from tests.dj_master.models import (
     Author,
@@ -834,7 +834,7 @@ def test_transport_error_is_logged_not_raised(monkeypatch, cqrs_logs):
     def produce(payload):
         raise RuntimeError('broker is down')
 
-    monkeypatch.setattr(TransportMock, 'produce', staticmethod(produce))
+    monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(produce))
 
     obj = SimplestModel.objects.create(id=1, name='a')  # does not raise
     with transaction.atomic():
@@ -852,14 +852,14 @@ def test_transport_error_is_logged_not_raised(monkeypatch, cqrs_logs):
 
 
 def test_transport_error_does_not_stop_other_messages_of_the_transaction(monkeypatch, produced):
-    original = TransportMock.produce
+    original = LoopbackTransport.produce
 
     def produce(payload):
         if payload.pk == 1:
             raise RuntimeError('broker is down')
         return original(payload)
 
-    monkeypatch.setattr(TransportMock, 'produce', staticmethod(produce))
+    monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(produce))
 
     with transaction.atomic():
         SimplestModel.objects.create(id=1)

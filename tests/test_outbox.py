@@ -1,7 +1,7 @@
 """Transactional outbox (``settings.CQRS['master']['outbox'] = True``) and ``cqrs_relay``.
 
 Runs on SQLite (``tests.settings``) and on PostgreSQL (``--ds=tests.settings_pg``). The
-transport is ``TransportMock``: a published message is applied at once to the replica tables,
+transport is ``LoopbackTransport``: a published message is applied at once to the replica tables,
 so "the replica row appears" means "the message was published". The ``broker`` fixture below
 wraps it with a switch that makes publishing fail (returns False or raises), the way a
 RabbitMQ transport does when the broker is down.
@@ -27,7 +27,7 @@ from django.utils import timezone
 from dj_cqrs import outbox
 from dj_cqrs.constants import SignalType
 from dj_cqrs.models import CQRSOutboxMessage
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_master.models import CustomDeleteModel, SimplestModel, TrackedModel
 from tests.dj_replica.models import CustomDeleteReplica, SimplestReplica
 
@@ -56,13 +56,13 @@ def outbox_on():
 
 @pytest.fixture
 def broker(monkeypatch):
-    """``TransportMock`` with a switch.
+    """``LoopbackTransport`` with a switch.
 
     ``broker.mode``: ``'up'`` publishes (the replica applies it), ``'false'`` makes ``produce``
     return False, ``'raise'`` makes it raise ``ConnectionError``. ``broker.sent`` lists the
     payloads that went through while up.
     """
-    original = TransportMock.produce
+    original = LoopbackTransport.produce
     state = SimpleNamespace(mode='up', sent=[], refused=[])
 
     def produce(payload):
@@ -75,7 +75,7 @@ def broker(monkeypatch):
         state.sent.append(payload)
         return original(payload)
 
-    monkeypatch.setattr(TransportMock, 'produce', staticmethod(produce))
+    monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(produce))
     return state
 
 

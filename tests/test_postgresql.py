@@ -19,7 +19,7 @@ from dj_cqrs.constants import SignalType
 from dj_cqrs.controller.consumer import consume
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.models import CQRSOutboxMessage
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import LockedReplica, SimplestReplica
 
@@ -120,7 +120,7 @@ def test_concurrent_relays_publish_every_row_exactly_once(monkeypatch):
     total_rows = 300
     with cqrs_conf(master={'outbox': True}):
         outbox.flush_published()
-        monkeypatch.setattr(TransportMock, 'produce', staticmethod(lambda payload: False))
+        monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(lambda payload: False))
         SimplestModel.cqrs.bulk_create(
             [SimplestModel(id=pk, name=f'row {pk}') for pk in range(1, total_rows + 1)]
         )
@@ -142,7 +142,7 @@ def test_concurrent_relays_publish_every_row_exactly_once(monkeypatch):
                 sent.append((payload.cqrs_id, payload.pk))
             return True
 
-        monkeypatch.setattr(TransportMock, 'produce', staticmethod(record))
+        monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(record))
 
         def relay_until_empty():
             relayed = 0

@@ -15,6 +15,7 @@ from django.utils import timezone as dj_timezone
 from dj_cqrs.constants import ALL_BASIC_FIELDS, NO_QUEUE, SignalType
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport.base import BaseTransport
+from dj_cqrs.transport.loopback import LoopbackTransport
 from dj_cqrs.transport.mixins import LoggingMixin
 from dj_cqrs.transport.mock import TransportMock
 from tests.dj_master.models import SimplestModel
@@ -41,6 +42,7 @@ PUBLIC_NAMES = [
     ('dj_cqrs.transport', 'BaseTransport'),
     ('dj_cqrs.transport', 'current_transport'),
     ('dj_cqrs.transport.mock', 'TransportMock'),
+    ('dj_cqrs.transport.loopback', 'LoopbackTransport'),
     ('dj_cqrs.controller.consumer', 'consume'),
     ('dj_cqrs.controller.producer', 'produce'),
     ('dj_cqrs.transport.mixins', 'LoggingMixin'),
@@ -88,6 +90,7 @@ def test_public_objects_have_the_expected_kind():
     assert isinstance(SimplestReplica.cqrs, managers.ReplicaManager)
     assert ExportedBaseTransport is BaseTransport
     assert issubclass(TransportMock, BaseTransport)
+    assert issubclass(LoopbackTransport, BaseTransport)
     assert CQRSConfig.name == 'dj_cqrs'
 
 
@@ -170,11 +173,11 @@ def test_log_delayed_mentions_delay(cqrs_logs):
     assert '5' in cqrs_logs.records[-1].getMessage()
 
 
-# --- TransportMock and BaseTransport -------------------------------------------------------
+# --- LoopbackTransport and BaseTransport -----------------------------------------------------
 
 
 @pytest.mark.django_db
-def test_transport_mock_produce_applies_on_replica():
+def test_loopback_transport_produce_applies_on_replica():
     payload = TransportPayload(
         SignalType.SAVE,
         'simplest',
@@ -186,7 +189,7 @@ def test_transport_mock_produce_applies_on_replica():
         },
         501,
     )
-    result = TransportMock.produce(payload)
+    result = LoopbackTransport.produce(payload)
 
     assert result
     replica = SimplestReplica.objects.get(pk=501)
@@ -195,7 +198,7 @@ def test_transport_mock_produce_applies_on_replica():
 
 
 @pytest.mark.django_db
-def test_transport_mock_produce_delete():
+def test_loopback_transport_produce_delete():
     SimplestReplica.objects.create(
         id=502, name='x', cqrs_revision=0, cqrs_updated=dj_timezone.now()
     )
@@ -205,12 +208,12 @@ def test_transport_mock_produce_delete():
         {'id': 502, 'cqrs_revision': 1, 'cqrs_updated': str(dj_timezone.now())},
         502,
     )
-    assert TransportMock.produce(payload)
+    assert LoopbackTransport.produce(payload)
     assert not SimplestReplica.objects.filter(pk=502).exists()
 
 
-def test_transport_mock_consume_without_payload():
-    assert TransportMock.consume() is None
+def test_loopback_transport_consume_without_payload():
+    assert LoopbackTransport.consume() is None
 
 
 def test_base_transport_produce_not_implemented():

@@ -13,7 +13,7 @@ from dj_cqrs.controller import producer
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.mixins import ReplicaMixin
 from dj_cqrs.transport import BaseTransport, current_transport
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from dj_cqrs.utils import (
     get_delay_queue_max_size,
     get_message_expiration_dt,
@@ -83,7 +83,7 @@ def _payload(**kwargs):
 
 
 def test_values_of_the_test_settings():
-    assert cqrs_settings.transport == MOCK
+    assert cqrs_settings.transport == 'dj_cqrs.transport.loopback.LoopbackTransport'
     assert cqrs_settings.queue == 'replica'
     assert cqrs_settings.master.CQRS_MESSAGE_TTL == 3600
     assert cqrs_settings.master.CQRS_AUTO_UPDATE_FIELDS is False
@@ -362,7 +362,7 @@ def test_app_ready_accepts_the_test_settings():
 
 
 def test_current_transport_is_the_configured_one():
-    assert current_transport.produce is TransportMock.produce
+    assert current_transport.produce is LoopbackTransport.produce
 
 
 def test_current_transport_follows_override_settings():
@@ -370,7 +370,7 @@ def test_current_transport_follows_override_settings():
     with override_settings(CQRS={'transport': 'tests.test_settings.RecordingTransport'}):
         assert current_transport.produce(payload) == 'recorded'
         assert RecordingTransport.produced == [payload]
-    assert current_transport.produce is TransportMock.produce
+    assert current_transport.produce is LoopbackTransport.produce
     assert RecordingTransport.produced == [payload]
 
 

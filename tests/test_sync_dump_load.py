@@ -1,6 +1,6 @@
 """``cqrs_sync``, ``cqrs_bulk_dump`` and ``cqrs_bulk_load`` run in-process (SPEC §7).
 
-The master and replica tables live in one in-memory database; ``TransportMock`` applies a
+The master and replica tables live in one in-memory database; ``LoopbackTransport`` applies a
 published SYNC to the replica table at once.
 """
 
@@ -23,7 +23,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from dj_cqrs.constants import SignalType
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_master.models import (
     Author,
     AutoFieldsModel,
@@ -98,7 +98,7 @@ def assert_keyset(sqls: list[str]) -> None:
 def offline(monkeypatch):
     """Master saves are collected, not applied: the replica tables stay as the test leaves them."""
     payloads = []
-    monkeypatch.setattr(TransportMock, 'produce', staticmethod(payloads.append))
+    monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(payloads.append))
     return payloads
 
 
@@ -196,7 +196,7 @@ def test_sync_all_publishes_one_sync_per_row(produced):
     by_pk = {p.pk: p.instance_data for p in produced}
     for row in SimplestModel.objects.all():
         assert by_pk[row.pk] == row.to_cqrs_dict()
-    # TransportMock applied them: the replica is rebuilt.
+    # LoopbackTransport applied them: the replica is rebuilt.
     assert simplest_replica_rows() == simplest_master_rows()
 
 

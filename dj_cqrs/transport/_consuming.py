@@ -1,30 +1,30 @@
 """The message lifecycle of a replica worker, shared by the broker transports.
 
 A transport feeds ``Worker.handle_batch`` with the deliveries it received and gives it three
-callables: ``ack(delivery)``, ``reject(delivery)`` (drop without requeue) and
-``publish(routing_key, body, expiration)``. The worker parses each body, applies it through the
-consumer controller (a batch shares one database transaction, each message in a savepoint of
-its own; acknowledgements follow the commit), and routes failures to the delay queue, back to
-the replica queue with ``retries + 1``, or to the dead-letter queue.
+callables: ``ack(handle)``, ``reject(handle)`` (drop without requeue), called with a
+delivery's ``handle``, and ``publish(routing_key, body, expiration)``. The worker parses each
+body, applies it through the consumer controller (a batch shares one database transaction,
+each message in a savepoint of its own; acknowledgements follow the commit), and routes
+failures (a falsy result or an exception) to the ``dj_cqrs.delay.DelayQueue``, back to the
+replica queue with ``retries + 1``, or to the dead-letter queue.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import ujson
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.utils import timezone
 
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.controller import consumer
 from dj_cqrs.dataclasses import TransportPayload
+from dj_cqrs.delay import DelayMessage, DelayQueue
 from dj_cqrs.registries import ReplicaRegistry
 
 REQUIRED_KEYS = ('signal_type', 'cqrs_id', 'instance_data', 'instance_pk')
@@ -40,62 +40,26 @@ class Delivery:
     payload: TransportPayload | None = field(default=None, repr=False)
 
 
-class DelayQueue:
-    """Failed messages waiting for their retry, the earliest due first."""
-
-    def __init__(self, max_size: int | None) -> None:
-        self.max_size = max_size
-        self._heap: list[tuple[float, int, Delivery]] = []
-        self._counter = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def push(self, delivery: Delivery, due: float) -> Delivery | None:
-        """Add a delivery; when full, return the earliest-due one, to be requeued at once."""
-        evicted = None
-        if self.max_size is not None and len(self._heap) >= self.max_size:
-            evicted = heapq.heappop(self._heap)[2]
-        heapq.heappush(self._heap, (due, next(self._counter), delivery))
-        return evicted
-
-    def pop_due(self, now: float) -> list[Delivery]:
-        """Remove and return the deliveries whose time has come."""
-        due = []
-        while self._heap and self._heap[0][0] <= now:
-            due.append(heapq.heappop(self._heap)[2])
-        return due
-
-    def seconds_to_next_due(self) -> float | None:
-        """Seconds until the earliest delivery is due (None when the queue is empty)."""
-        return None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic())
-
-    def clear(self) -> None:
-        self._heap.clear()
-
-
 def parse_body(body: bytes | str) -> tuple[TransportPayload | None, str | None]:
-    """Return the payload of a message body, or None and the reason it is unusable."""
+    """Return the payload of a message body, or None and the error line to log."""
     try:
-        if isinstance(body, bytes):
-            body = body.decode('utf-8')
-        data = ujson.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        return None, f'body is not UTF-8 JSON ({exc})'
+        data = ujson.loads(body.decode('utf-8') if isinstance(body, bytes) else body)
+    except (UnicodeDecodeError, ValueError):
+        return None, f"CQRS couldn't be parsed: {body}."
     if not isinstance(data, dict):
-        return None, f'body is a JSON {type(data).__name__}, not an object'
-    missing = [key for key in REQUIRED_KEYS if key not in data]
-    if missing:
-        return None, f'body lacks {", ".join(missing)}'
+        return None, f"CQRS couldn't be parsed: {body}."
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            return None, f"CQRS couldn't proceed, {key} isn't found in body: {body}."
     if not isinstance(data['cqrs_id'], str) or not isinstance(data['signal_type'], str):
-        return None, 'cqrs_id and signal_type must be strings'
+        return None, f"CQRS couldn't proceed, cqrs_id and signal_type must be strings: {body}."
     retries = data.get('retries')
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
-        return None, 'retries must be an integer'
+        return None, f"CQRS couldn't proceed, retries must be an integer: {body}."
     try:
         return TransportPayload.from_message(data), None
     except (ValueError, TypeError, OverflowError) as exc:
-        return None, f'bad field value ({exc})'
+        return None, f"CQRS couldn't proceed, bad field value ({exc}): {body}."
 
 
 def queue_from_routing_key(routing_key: str, cqrs_id: str) -> str | None:
@@ -119,8 +83,8 @@ class Worker:
         self,
         transport: Any,
         queue: str,
-        ack: Callable[[Delivery], None],
-        reject: Callable[[Delivery], None],
+        ack: Callable[[Any], None],
+        reject: Callable[[Any], None],
         publish: Callable[[str, str, str | None], None],
         delay_queue_max_size: int | None | bool = False,
     ) -> None:
@@ -154,7 +118,7 @@ class Worker:
                 outcomes = [self._apply(delivery) for delivery in ready]
         for delivery, result, exc in outcomes:
             if result:
-                self.ack(delivery)
+                self.ack(delivery.handle)
                 self.transport.log_consumed_accepted(delivery.payload)
             else:
                 self._fail(delivery, exc)
@@ -167,23 +131,23 @@ class Worker:
         """Until ``stop`` is set: ``poll(timeout)`` the broker, apply what arrived, retry what
         is due."""
         while not stop.is_set():
-            wait = self.delay_queue.seconds_to_next_due()
+            wait = self.delay_queue.seconds_to_next_eta()
             poll(max_wait if wait is None else max(min(wait, max_wait), 0.01))
             while self.inbox:
                 batch, self.inbox = self.inbox, []
                 self.handle_batch(batch)
             self.process_due()
 
-    def process_due(self, now: float | None = None) -> None:
-        """Republish the delayed messages whose retry time has come."""
-        for delivery in self.delay_queue.pop_due(time.monotonic() if now is None else now):
-            self._requeue(delivery)
+    def process_due(self) -> None:
+        """Republish the delayed messages whose ETA has passed."""
+        for message in self.delay_queue.get_ready():
+            self._requeue(message.delivery_tag, message.payload)
 
     def _prepare(self, delivery: Delivery) -> bool:
         payload, error = parse_body(delivery.body)
         if payload is None:
-            logger.error('CQRS message rejected (routing key %s): %s.', delivery.routing_key, error)
-            self.reject(delivery)
+            logger.error(error)
+            self.reject(delivery.handle)
             return False
         payload.queue = queue_from_routing_key(delivery.routing_key, payload.cqrs_id)
         delivery.payload = payload
@@ -197,6 +161,7 @@ class Worker:
         try:
             return delivery, consumer.consume(delivery.payload), None
         except Exception as exc:
+            logger.error('CQRS service exception', exc_info=True)
             return delivery, None, exc
 
     @staticmethod
@@ -219,23 +184,24 @@ class Worker:
         if not retry:
             self._dead_letter(delivery)
             return
-        eta = datetime.now(tz=timezone.utc) + timedelta(seconds=delay)
-        self.transport.log_delayed(payload, delay, eta.isoformat())
-        evicted = self.delay_queue.push(delivery, time.monotonic() + delay)
-        if evicted is not None:
-            self._requeue(evicted)
+        if self.delay_queue.full():
+            # Memory bound: the message due first goes back to the queue now.
+            evicted = self.delay_queue.get()
+            self._requeue(evicted.delivery_tag, evicted.payload)
+        message = DelayMessage(delivery.handle, payload, timezone.now() + timedelta(seconds=delay))
+        self.delay_queue.put(message)
+        self.transport.log_delayed(payload, delay, message.eta)
 
-    def _requeue(self, delivery: Delivery) -> None:
-        payload = delivery.payload
+    def _requeue(self, handle: Any, payload: TransportPayload) -> None:
         payload.retries += 1
         routing_key = f'cqrs.{self.queue}.{payload.cqrs_id}'
         self.publish(routing_key, ujson.dumps(payload.to_dict()), None)
-        self.ack(delivery)
+        self.ack(handle)
         self.transport.log_requeued(payload)
 
     def _dead_letter(self, delivery: Delivery) -> None:
         payload = delivery.payload
         routing_key = f'cqrs.{self.dead_letter_queue}.{payload.cqrs_id}'
         self.publish(routing_key, ujson.dumps(payload.to_dict()), dead_letter_expiration())
-        self.ack(delivery)
+        self.ack(delivery.handle)
         self.transport.log_dead_letter(payload)

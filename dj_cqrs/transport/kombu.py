@@ -156,11 +156,9 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
             cls._publisher.publish(routing_key, ujson.dumps(payload.to_dict()))
         except Exception as exc:
             logger.error(
-                'CQRS %s is not published: pk = %s (%s), correlation_id = %s: %s.',
-                payload.signal_type,
+                "CQRS couldn't be published: pk = %s (%s). Error: %s.",
                 payload.pk,
                 payload.cqrs_id,
-                payload.correlation_id,
                 type(exc).__name__,
             )
             return False
@@ -226,8 +224,8 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         worker = Worker(
             cls,
             cqrs_settings.queue,
-            ack=lambda d: d.handle.ack(),
-            reject=lambda d: d.handle.reject(requeue=False),
+            ack=lambda message: message.ack(),
+            reject=lambda message: message.reject(requeue=False),
             publish=publish,
             # Delayed messages stay unacknowledged and count against the prefetch: keep room
             # for at least one new message, requeueing the earliest due when full.

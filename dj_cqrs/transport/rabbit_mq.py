@@ -341,13 +341,11 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
                 outbox.mark_published(ref)
         except _CONNECTION_ERRORS as exc:
             logger.error(
-                'CQRS %s is not published: pk = %s (%s), correlation_id = %s: broker %s: %s.',
-                payload.signal_type,
+                "CQRS couldn't be published: pk = %s (%s). Error: %s, broker %s.",
                 payload.pk,
                 payload.cqrs_id,
-                payload.correlation_id,
-                broker_location(),
                 type(exc).__name__,
+                broker_location(),
             )
             return False
         cls.log_produced(payload)
@@ -404,8 +402,8 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         worker = Worker(
             cls,
             queue,
-            ack=lambda d: channel.basic_ack(d.handle),
-            reject=lambda d: channel.basic_reject(d.handle, requeue=False),
+            ack=lambda delivery_tag: channel.basic_ack(delivery_tag),
+            reject=lambda delivery_tag: channel.basic_reject(delivery_tag, requeue=False),
             publish=publish,
         )
         channel.basic_consume(queue, on_message, auto_ack=False)

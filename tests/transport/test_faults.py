@@ -36,7 +36,7 @@ from tests.transport.private_broker import port_open
 
 SIMPLEST = 'dj_replica_simplestreplica'
 RECONNECT = re.compile(r'CQRS consumer (lost the connection|cannot connect)')
-OUTCOME = re.compile(r'CQRS message rejected|is added to dead letter queue')
+OUTCOME = re.compile(r"CQRS couldn't (be parsed|proceed)|is added to dead letter queue")
 
 
 # --- helpers ----------------------------------------------------------------------------------

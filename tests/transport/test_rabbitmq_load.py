@@ -19,7 +19,7 @@ from tests.transport.test_rabbitmq import SIMPLEST, Broker, settle_publisher, wo
 
 TOTAL = 10_000
 BATCH = 1_000
-APPLIED = re.compile(r'^\S+ \S+ (\d+) INFO CQRS \w+ is applied:', re.MULTILINE)
+APPLIED = re.compile(r'^\S+ \S+ (\d+) INFO CQRS is applied:', re.MULTILINE)
 
 
 @pytest.fixture
