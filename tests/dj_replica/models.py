@@ -262,3 +262,129 @@ class FlakyReplica(ReplicaMixin):
         if master_data.get('always_fail') or attempt.attempts <= master_data.get('fail_times', 0):
             return None
         return super().cqrs_save(master_data, previous_data, sync, meta)
+
+
+# --- issue 9, replica side: models written as against django-cqrs ----------------------------
+
+
+class AbstractHandlerReplica(ReplicaMixin):
+    """Item 12: an abstract, table-less handler registered under its CQRS_ID."""
+
+    CQRS_ID = 'abstract_handler'
+    CQRS_NO_DB_OPERATIONS = True
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def cqrs_save(cls, master_data, **kwargs):
+        record(cqrs_id=cls.CQRS_ID, hook='cqrs_save', data=master_data, kwargs=kwargs)
+        return True
+
+    @classmethod
+    def cqrs_delete(cls, master_data, **kwargs):
+        record(cqrs_id=cls.CQRS_ID, hook='cqrs_delete', data=master_data, kwargs=kwargs)
+        return True
+
+
+class NoDBWithoutHooksReplica(ReplicaMixin):
+    """Item 13: CQRS_NO_DB_OPERATIONS without its own cqrs_save / cqrs_delete."""
+
+    CQRS_ID = 'no_db_without_hooks'
+    CQRS_NO_DB_OPERATIONS = True
+
+    id = models.IntegerField(primary_key=True)
+    name = models.CharField(max_length=200, null=True)
+
+
+class HookTarget(models.Model):
+    id = models.IntegerField(primary_key=True)
+
+
+class _RecordingHooks:
+    """Records the arguments of every replica hook, then does the default work."""
+
+    @classmethod
+    def cqrs_save(cls, master_data, **kwargs):
+        record(hook='cqrs_save', kwargs=kwargs)
+        return super().cqrs_save(master_data, **kwargs)
+
+    @classmethod
+    def cqrs_create(cls, sync, mapped_data, **kwargs):
+        record(hook='cqrs_create', sync=sync, mapped_data=dict(mapped_data), kwargs=kwargs)
+        return super().cqrs_create(sync, mapped_data, **kwargs)
+
+    def cqrs_update(self, sync, mapped_data, **kwargs):
+        record(hook='cqrs_update', sync=sync, mapped_data=dict(mapped_data), kwargs=kwargs)
+        return super().cqrs_update(sync, mapped_data, **kwargs)
+
+    @classmethod
+    def cqrs_delete(cls, master_data, **kwargs):
+        record(hook='cqrs_delete', kwargs=kwargs)
+        return super().cqrs_delete(master_data, **kwargs)
+
+
+class HookKwargsReplica(_RecordingHooks, ReplicaMixin):
+    """Items 14-16: a mapped replica with a foreign key, recording its hooks' arguments."""
+
+    CQRS_ID = 'hook_kwargs'
+    CQRS_MAPPING = {'id': 'id', 'name': 'title', 'parent': 'target'}
+
+    id = models.IntegerField(primary_key=True)
+    title = models.CharField(max_length=200, null=True)
+    target = models.ForeignKey(
+        HookTarget, null=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
+
+
+class HookKwargsMetaReplica(_RecordingHooks, ReplicaMixin):
+    """Item 14 with CQRS_META: ``meta`` is passed to every hook."""
+
+    CQRS_ID = 'hook_kwargs_meta'
+    CQRS_META = True
+
+    id = models.IntegerField(primary_key=True)
+    name = models.CharField(max_length=200, null=True)
+    target = models.ForeignKey(
+        HookTarget, null=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
+
+
+class DBErrorReplica(ReplicaMixin):
+    """Item 17: the first ``fail_times`` applications of a pk raise a database error.
+
+    The attempts are counted in the process (a database counter would roll back with the
+    failure).
+    """
+
+    CQRS_ID = 'db_error'
+    ATTEMPTS: dict = {}
+
+    id = models.IntegerField(primary_key=True)
+    name = models.CharField(max_length=200)
+    fail_times = models.IntegerField(default=0)
+
+    @classmethod
+    def cqrs_save(cls, master_data, previous_data=None, sync=False, meta=None):
+        from django.db import DatabaseError
+
+        attempts = cls.ATTEMPTS[master_data['id']] = cls.ATTEMPTS.get(master_data['id'], 0) + 1
+        result = super().cqrs_save(master_data, previous_data, sync, meta)
+        if attempts <= master_data.get('fail_times', 0):
+            raise DatabaseError(f'forced database error, attempt {attempts}')
+        return result
+
+
+class PlainFKReplica(ReplicaMixin):
+    """Item 15: a foreign key applied by the default create / update (and the bulk load)."""
+
+    CQRS_ID = 'plain_fk'
+
+    id = models.IntegerField(primary_key=True)
+    target = models.ForeignKey(
+        HookTarget,
+        null=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name='plain_fk_replicas',
+    )
