@@ -13,6 +13,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from model_utils import FieldTracker
 
+from dj_cqrs import outbox
 from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME, SignalType
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.models import CQRSOutboxMessage
@@ -451,6 +452,14 @@ def test_item_10_decimal_survives_the_outbox(produced, monkeypatch):
 
     rows = list(CQRSOutboxMessage.objects.order_by('id'))
     assert [row.previous_data.get('amount') for row in rows] == [None, 1.25]
+
+    produced.clear()
+    with cqrs_master_settings(outbox=True):
+        assert outbox.relay_batch('default', min_age=0) == 2
+    bodies = [ujson.loads(wire(payload)) for payload in produced]
+    assert [body['previous_data'].get('amount') for body in bodies] == [None, 1.25]
+    assert [body['instance_data']['amount'] for body in bodies] == [3.75, 3.75]
+    assert not CQRSOutboxMessage.objects.exists()
 
 
 # --- item 11: save_tracked_fields -------------------------------------------------------------
