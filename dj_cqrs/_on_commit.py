@@ -1,10 +1,11 @@
-"""One publish hook per instance and transaction, run when the transaction commits.
+"""What one master instance did in the current transaction: its saves and its one publish hook.
 
-Django's ``transaction.on_commit`` keeps its hooks in ``connection.run_on_commit`` as
-``(savepoint ids, callable, robust)`` entries and drops them on rollback. An instance remembers
-where its own hook went, so a second save inside the same transaction finds the hook still
-waiting and neither bumps the revision again nor queues a second message; after a commit or a
-rollback the hook is gone and the next save starts afresh.
+Inside ``atomic()`` the first save of an instance registers one ``transaction.on_commit`` hook
+for it. Later saves of the same instance in that transaction find the hook still waiting in
+``connection.run_on_commit`` (Django keeps ``(savepoint ids, callable, robust)`` entries there
+and drops them on rollback), so they count as further saves: the revision is not bumped again
+and no second message is queued. After a commit the hook clears the record; after a rollback
+the hook is gone, the record no longer matches and the next save starts afresh.
 """
 
 from __future__ import annotations
@@ -14,43 +15,78 @@ from typing import Any
 
 from django.db import transaction
 
-_HOOK_ATTR = '_cqrs_commit_hook'
+_ATTR = '_cqrs_transaction'
 
 
-def _hooks(connection: Any) -> list:
-    return connection.run_on_commit
+class InstanceTransaction:
+    """The record of one instance in one transaction."""
+
+    __slots__ = ('alias', 'index', 'hook', 'saves', 'revised', 'callback')
+
+    def __init__(self, alias: str, index: int) -> None:
+        self.alias = alias
+        self.index = index
+        self.hook: Callable[[], None] | None = None
+        self.saves = 0
+        """Calls of ``save()`` in this transaction."""
+        self.revised = False
+        """Whether a save already set the revision this transaction publishes."""
+        self.callback: Callable[[], Any] | None = None
+        """The publishing to run at commit, once one is queued."""
 
 
-def is_pending(instance: Any, using: str) -> bool:
-    """True if ``instance`` has a publish hook waiting for the current transaction to commit."""
-    hook = instance.__dict__.get(_HOOK_ATTR)
-    if hook is None:
-        return False
-    alias, index, func = hook
-    connection = transaction.get_connection(using)
-    if alias != connection.alias or not connection.in_atomic_block:
-        return False
-    hooks = _hooks(connection)
-    if index < len(hooks) and hooks[index][1] is func:
-        return True
-    return any(entry[1] is func for entry in hooks)
+def _find(instance: Any, connection: Any) -> InstanceTransaction | None:
+    record = instance.__dict__.get(_ATTR)
+    if record is None or record.alias != connection.alias or not connection.in_atomic_block:
+        return None
+    hooks = connection.run_on_commit
+    index = record.index
+    if index < len(hooks) and hooks[index][1] is record.hook:
+        return record
+    for index, entry in enumerate(hooks):
+        if entry[1] is record.hook:
+            record.index = index
+            return record
+    return None
 
 
-def schedule(instance: Any, using: str, callback: Callable[[], None]) -> None:
-    """Run ``callback`` once the current transaction of ``using`` commits (now, outside one)."""
+def enter(instance: Any, using: str) -> InstanceTransaction | None:
+    """The instance's record for the current transaction of ``using`` (created on first use).
+
+    None outside a transaction.
+    """
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
-        callback()
-        return
+        instance.__dict__.pop(_ATTR, None)
+        return None
+    record = _find(instance, connection)
+    if record is not None:
+        return record
+    record = InstanceTransaction(connection.alias, len(connection.run_on_commit))
 
     def hook() -> None:
-        instance.__dict__.pop(_HOOK_ATTR, None)
-        callback()
+        if instance.__dict__.get(_ATTR) is record:
+            del instance.__dict__[_ATTR]
+        callback = record.callback
+        if callback is not None:
+            callback()
 
-    instance.__dict__[_HOOK_ATTR] = (connection.alias, len(_hooks(connection)), hook)
+    record.hook = hook
+    instance.__dict__[_ATTR] = record
     transaction.on_commit(hook, using=using)
+    return record
+
+
+def saves_count(instance: Any) -> int:
+    """How many times the instance was saved in the still open transaction (0 outside one)."""
+    record = instance.__dict__.get(_ATTR)
+    if record is None:
+        return 0
+    if _find(instance, transaction.get_connection(record.alias)) is not record:
+        return 0
+    return record.saves
 
 
 def forget(instance: Any) -> None:
-    """Drop the instance's marker (its hook, if any, still runs)."""
-    instance.__dict__.pop(_HOOK_ATTR, None)
+    """Start a new record at the next save (a queued publishing still runs at commit)."""
+    instance.__dict__.pop(_ATTR, None)

@@ -7,13 +7,15 @@ from typing import Any
 
 from dateutil.parser import parse as parse_datetime
 
-from dj_cqrs.utils import get_message_expiration_dt
+from dj_cqrs.correlation import get_correlation_id
+from dj_cqrs.utils import get_json_valid_value, get_message_expiration_dt
 
 
 class TransportPayload:
     """One CQRS message: what the master publishes and the replica applies.
 
-    ``to_dict()`` gives the body sent over the wire; ``from_message()`` reads it back.
+    ``to_dict()`` gives the body sent over the wire; ``from_message()`` reads it back. Without
+    a ``correlation_id`` the configured ``correlation_function`` gives one.
     """
 
     def __init__(
@@ -35,6 +37,8 @@ class TransportPayload:
         self.__instance_pk = instance_pk
         self.__queue = queue
         self.__previous_data = previous_data
+        if not correlation_id:
+            correlation_id = get_correlation_id(signal_type, cqrs_id, instance_pk, queue)
         self.__correlation_id = correlation_id
         self.__expires = expires
         self.__retries = retries
@@ -111,6 +115,8 @@ class TransportPayload:
 
     @retries.setter
     def retries(self, value: int) -> None:
+        if value < 0:
+            raise AssertionError('Payload retries field should be 0 or positive integer.')
         self.__retries = value
 
     @property
@@ -127,8 +133,8 @@ class TransportPayload:
             'cqrs_id': self.__cqrs_id,
             'instance_data': self.__instance_data,
             'previous_data': self.__previous_data,
-            'instance_pk': self.__instance_pk,
-            'correlation_id': self.__correlation_id,
+            'instance_pk': get_json_valid_value(self.__instance_pk),
+            'correlation_id': get_json_valid_value(self.__correlation_id),
             'retries': self.__retries,
             'expires': expires,
             'meta': self.__meta,

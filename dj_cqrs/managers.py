@@ -24,19 +24,19 @@ class MasterManager(Manager):
         """``bulk_create`` that publishes a SAVE for every created object.
 
         The objects need their primary keys after the insert: a database returning them
-        (PostgreSQL, SQLite, MariaDB) or pks set by the caller.
+        (PostgreSQL, SQLite, MariaDB) or pks set by the caller. Tracked fields are sent as for
+        a created instance: ``None`` for every tracked field that has a value.
         """
         objs = list(objs)
         for obj in objs:
             obj.cqrs_revision = 0
-            obj.reset_cqrs_tracked_fields_data()
+            obj._save_tracked_fields()
         using = self.db
         with transaction.atomic(using=using, savepoint=False):
             created = super().bulk_create(objs, **kwargs)
             if created:
-                for obj in created:
-                    if obj.CQRS_TRACKED_FIELDS:
-                        obj.set_cqrs_tracked_fields_data(obj._cqrs_tracked_changes())
+                if self.model.CQRS_TRACKED_FIELDS:
+                    for obj in created:
                         getattr(obj, FIELDS_TRACKER_FIELD_NAME).set_saved_fields()
                 self.model.call_post_bulk_create(created, using=using)
         return created
@@ -44,22 +44,17 @@ class MasterManager(Manager):
     def bulk_update(self, queryset: QuerySet, **kwargs: Any) -> int:
         """Update ``queryset`` with ``kwargs``, bump revisions and publish every updated row.
 
-        Previous values of tracked fields are sent with each row.
+        Each row is sent with the previous values of all its tracked fields (changed or not).
         """
         model = queryset.model
         using = queryset.db or router.db_for_write(model)
-        tracked = (
-            [
-                (name, model._meta.get_field(name).attname)
-                for name in getattr(model, FIELDS_TRACKER_FIELD_NAME).fields
-            ]
-            if model.CQRS_TRACKED_FIELDS
-            else []
+        tracker = (
+            getattr(model, FIELDS_TRACKER_FIELD_NAME, None) if model.CQRS_TRACKED_FIELDS else None
         )
+        tracked = sorted(tracker.fields) if tracker is not None else []
         with transaction.atomic(using=using, savepoint=False):
             if tracked:
-                attnames = [attname for _, attname in tracked]
-                before = {row['pk']: row for row in queryset.values('pk', *attnames)}
+                before = {row.pop('pk'): row for row in queryset.values('pk', *tracked)}
                 pks = list(before)
             else:
                 before = {}
@@ -75,21 +70,12 @@ class MasterManager(Manager):
             instances = [instance for chunk in chunks for instance in base.filter(pk__in=chunk)]
             if tracked:
                 for instance in instances:
+                    old = before.get(instance.pk, {})
                     instance.set_cqrs_tracked_fields_data(
-                        _changed(tracked, before.get(instance.pk, {}), instance)
+                        {name: get_json_valid_value(old.get(name)) for name in tracked}
                     )
             model.call_post_update(instances, using=using)
         return updated
-
-
-def _changed(tracked: list[tuple[str, str]], old: dict, instance: Any) -> dict:
-    """Previous values of the tracked fields whose value changed: {field name: old value}."""
-    changes = {}
-    for name, attname in tracked:
-        previous = old.get(attname)
-        if previous != getattr(instance, attname):
-            changes[name] = get_json_valid_value(previous)
-    return changes
 
 
 class ReplicaManager(Manager):

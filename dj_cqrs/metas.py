@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from django.db.models.base import ModelBase
-from model_utils import FieldTracker
 
-from dj_cqrs.constants import ALL_BASIC_FIELDS, FIELDS_TRACKER_FIELD_NAME
+from dj_cqrs.constants import ALL_BASIC_FIELDS
 from dj_cqrs.registries import MasterRegistry, ReplicaRegistry
+from dj_cqrs.tracker import CQRSTracker
 
 
 def _fail(model_cls: type, message: str) -> None:
@@ -65,20 +65,9 @@ def _install_tracker(model_cls: type) -> None:
     tracked = model_cls.CQRS_TRACKED_FIELDS
     if not tracked:
         return
-    if tracked == ALL_BASIC_FIELDS:
-        tracked = [
-            f.name
-            for f in model_cls._meta.concrete_fields
-            if f.name not in ('cqrs_revision', 'cqrs_updated')
-        ]
-    else:
+    if tracked != ALL_BASIC_FIELDS:
         _check_field_names(model_cls, 'CQRS_TRACKED_FIELDS', tracked, with_pk=False)
-    if FIELDS_TRACKER_FIELD_NAME in model_cls.__dict__:
-        return
-    tracker = FieldTracker(fields=list(tracked))
-    tracker.name = FIELDS_TRACKER_FIELD_NAME
-    tracker.attname = f'_{FIELDS_TRACKER_FIELD_NAME}'
-    tracker.finalize_class(model_cls)
+    CQRSTracker.add_to_model(model_cls)
 
 
 class ReplicaMeta(ModelBase):

@@ -20,8 +20,8 @@ from dj_cqrs.constants import (
 )
 from dj_cqrs.managers import MasterManager, ReplicaManager
 from dj_cqrs.metas import MasterMeta, ReplicaMeta
-from dj_cqrs.signals import MasterSignals, is_published, post_bulk_create, post_update
-from dj_cqrs.utils import _current_bulk_relate_cache, get_json_valid_value
+from dj_cqrs.signals import MasterSignals, post_bulk_create, post_update
+from dj_cqrs.utils import _current_bulk_relate_cm, get_json_valid_value
 
 
 class RawMasterMixin(Model):
@@ -50,7 +50,7 @@ class RawMasterMixin(Model):
         abstract = True
 
     def save(self, *args: Any, update_cqrs_fields: bool | None = None, **kwargs: Any) -> None:
-        """Save, counting a new revision for an update of this instance.
+        """Save, counting a new revision for the first change of this instance in a transaction.
 
         ``update_fields`` saves publish nothing and keep the revision, unless
         ``update_cqrs_fields=True`` (or ``CQRS_AUTO_UPDATE_FIELDS``) is set.
@@ -58,42 +58,61 @@ class RawMasterMixin(Model):
         update_fields = kwargs.get('update_fields')
         if update_cqrs_fields is None:
             update_cqrs_fields = cqrs_settings.master.CQRS_AUTO_UPDATE_FIELDS
-        if update_fields is not None and (not update_cqrs_fields or not update_fields):
-            return super().save(*args, **kwargs)
-        if update_fields is not None:
-            kwargs['update_fields'] = {*update_fields, 'cqrs_revision', 'cqrs_updated'}
-
+        revises = update_fields is None or bool(update_cqrs_fields and update_fields)
         using = kwargs.get('using') or router.db_for_write(type(self), instance=self)
-        if outbox.is_enabled() and not transaction.get_connection(using).in_atomic_block:
+        if (
+            revises
+            and outbox.is_enabled()
+            and not transaction.get_connection(using).in_atomic_block
+        ):
             with transaction.atomic(using=using):
-                return self._cqrs_save(using, args, kwargs)
-        return self._cqrs_save(using, args, kwargs)
+                return self._cqrs_save(using, revises, args, kwargs)
+        return self._cqrs_save(using, revises, args, kwargs)
 
-    def _cqrs_save(self, using: str, args: tuple, kwargs: dict) -> None:
+    def _cqrs_save(self, using: str, revises: bool, args: tuple, kwargs: dict) -> None:
         if self.__dict__.pop(DELETED_ATTR, False):
             _on_commit.forget(self)
-        first_save = not _on_commit.is_pending(self, using)
-        if not self._state.adding:
-            if first_save:
-                self.cqrs_revision = F('cqrs_revision') + 1
-            elif isinstance(self.cqrs_revision, Combinable):
-                self.refresh_from_db(using=using, fields=['cqrs_revision'])
-        self._save_tracked_fields(first_save)
+        record = _on_commit.enter(self, using)
+        if record is not None:
+            record.saves += 1
+        if revises:
+            update_fields = kwargs.get('update_fields')
+            if update_fields is not None:
+                kwargs['update_fields'] = {*update_fields, 'cqrs_revision', 'cqrs_updated'}
+            first_revision = record is None or not record.revised
+            if record is not None:
+                record.revised = True
+            if not self._state.adding:
+                if first_revision:
+                    self.cqrs_revision = F('cqrs_revision') + 1
+                elif isinstance(self.cqrs_revision, Combinable):
+                    self.refresh_from_db(using=using, fields=['cqrs_revision'])
+        self._save_tracked_fields(merge=record is not None and record.saves > 1)
         return super().save(*args, **kwargs)
 
     @property
     def cqrs_saves_count(self) -> int:
-        """1 when a publish of this instance is waiting for the transaction's commit, else 0."""
-        return int(_on_commit.is_pending(self, self._state.db or 'default'))
+        """How many times this instance was saved in the current transaction (0 outside one)."""
+        return _on_commit.saves_count(self)
 
     @property
     def is_initial_cqrs_save(self) -> bool:
-        """True unless this instance was already saved in the current transaction."""
-        return self.cqrs_saves_count == 0
+        """True until the second save of this instance in the current transaction."""
+        return self.cqrs_saves_count < 2
 
     def reset_cqrs_saves_count(self) -> None:
-        """Forget that this instance was saved in the current transaction."""
+        """Forget the saves of this instance in the current transaction.
+
+        The next save then counts a new revision and queues another message.
+        """
         _on_commit.forget(self)
+
+    def save_tracked_fields(self) -> None:
+        """Take the previous values of the tracked fields now, as a save does.
+
+        In a transaction, a later save adds the fields it changed to what was taken.
+        """
+        self._save_tracked_fields(merge=not self.is_initial_cqrs_save)
 
     def is_sync_instance(self) -> bool:
         """Return False to never publish this instance (its revision still counts)."""
@@ -123,26 +142,30 @@ class RawMasterMixin(Model):
         return self._common_serialization()
 
     def get_tracked_fields_data(self) -> dict | None:
-        """Previous values of the tracked fields changed in this revision (None if untracked)."""
-        if not self.CQRS_TRACKED_FIELDS:
-            return None
-        return self.__dict__.get(TRACKED_FIELDS_ATTR_NAME) or {}
+        """Previous values of the tracked fields, as taken at the last save.
+
+        They stay after publishing and are replaced by the next save; None for models
+        without ``CQRS_TRACKED_FIELDS`` and instances not saved yet.
+        """
+        return self.__dict__.get(TRACKED_FIELDS_ATTR_NAME)
 
     def set_cqrs_tracked_fields_data(self, data: dict | None) -> None:
         """Set the previous values to publish (used by the bulk operations)."""
         self.__dict__[TRACKED_FIELDS_ATTR_NAME] = data
 
     def reset_cqrs_tracked_fields_data(self) -> None:
-        """Forget the previous values collected since the last publish."""
+        """Forget the previous values taken by the last save."""
         self.__dict__.pop(TRACKED_FIELDS_ATTR_NAME, None)
 
     def cqrs_sync(self, using: str | None = None, queue: str | None = None) -> bool:
         """Publish the current state as a SYNC, to every replica or only to ``queue``.
 
-        Returns False for unsaved instances, instances gone from the database and models that
-        do not produce.
+        With ``CQRS_SERIALIZER`` the instance is serialized as it is in memory; otherwise it
+        is read again from the database first. Returns False for unsaved instances and for
+        instances gone from the database (without a serializer), True otherwise, also when
+        the model does not publish (``CQRS_PRODUCE``, ``is_sync_instance()``).
         """
-        if self._state.adding or not is_published(self):
+        if self._state.adding:
             return False
         using = using or self._state.db
         if not self.CQRS_SERIALIZER:
@@ -150,9 +173,6 @@ class RawMasterMixin(Model):
                 self.refresh_from_db(using=using)
             except type(self).DoesNotExist:
                 return False
-        elif not type(self)._default_manager.using(using).filter(pk=self.pk).exists():
-            return False
-        _on_commit.forget(self)
         MasterSignals.post_save(type(self), instance=self, using=using, queue=queue, sync=True)
         return True
 
@@ -171,7 +191,12 @@ class RawMasterMixin(Model):
         serializer = cls.CQRS_SERIALIZER
         cache = cls.__dict__.get('_cqrs_serializer_cache')
         if cache is None or cache[0] != serializer:
-            resolved = import_string(serializer) if isinstance(serializer, str) else serializer
+            resolved = serializer
+            if isinstance(serializer, str):
+                try:
+                    resolved = import_string(serializer)
+                except ImportError as exc:
+                    raise ImportError(f"Model {cls}: CQRS_SERIALIZER can't be imported.") from exc
             cache = (serializer, resolved)
             cls._cqrs_serializer_cache = cache
         return cache[1]
@@ -182,12 +207,14 @@ class RawMasterMixin(Model):
             instance = self
         else:
             instance = None
-            cache = _current_bulk_relate_cache(type(self))
-            if cache is not None:
-                instance = cache.get(self, db)
+            bulk_relate_cm = _current_bulk_relate_cm(type(self))
+            if bulk_relate_cm is not None:
+                instance = bulk_relate_cm.get_cached_instance(self, db)
             if instance is None:
                 queryset = type(self)._default_manager.using(db)
                 instance = self.relate_cqrs_serialization(queryset).get(pk=self.pk)
+            if isinstance(self.cqrs_revision, Combinable):
+                self._set_saved_revision(instance.cqrs_revision)
         data = dict(self._cqrs_serializer_cls(instance).data)
         data['cqrs_revision'] = instance.cqrs_revision
         data['cqrs_updated'] = str(instance.cqrs_updated)
@@ -219,24 +246,30 @@ class RawMasterMixin(Model):
         if stale:
             self.refresh_from_db(using=using or self._state.db, fields=stale)
 
-    def _save_tracked_fields(self, first_save: bool) -> None:
-        if not self.CQRS_TRACKED_FIELDS:
+    def _set_saved_revision(self, revision: int) -> None:
+        """Replace the ``F()`` increment left by a save with the revision it stored."""
+        self.cqrs_revision = revision
+        tracker = getattr(self, FIELDS_TRACKER_FIELD_NAME, None)
+        if tracker is not None and 'cqrs_revision' in tracker.fields:
+            tracker.set_saved_fields(fields=['cqrs_revision'])
+
+    def _save_tracked_fields(self, merge: bool = False) -> None:
+        tracker = getattr(self, FIELDS_TRACKER_FIELD_NAME, None)
+        if tracker is None:
             return
-        changed = self._cqrs_tracked_changes()
-        collected = self.__dict__.get(TRACKED_FIELDS_ATTR_NAME)
-        if first_save or collected is None:
-            self.__dict__[TRACKED_FIELDS_ATTR_NAME] = changed
+        if self._state.adding:
+            changed = tracker.changed_initial()
         else:
+            changed = {
+                name: None if isinstance(value, Combinable) else value
+                for name, value in tracker.changed().items()
+            }
+        collected = self.__dict__.get(TRACKED_FIELDS_ATTR_NAME)
+        if merge and collected is not None:
             for name, value in changed.items():
                 collected.setdefault(name, value)
-
-    def _cqrs_tracked_changes(self) -> dict:
-        tracker = getattr(self, FIELDS_TRACKER_FIELD_NAME)
-        if self._state.adding:
-            return {
-                name: None for name in tracker.fields if tracker.get_field_value(name) is not None
-            }
-        return {name: get_json_valid_value(value) for name, value in tracker.changed().items()}
+        else:
+            self.__dict__[TRACKED_FIELDS_ATTR_NAME] = changed
 
 
 class MasterMixin(RawMasterMixin, metaclass=MasterMeta):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import router
+from django.db import router, transaction
 from django.db.models import signals
 from django.db.models.expressions import Combinable
 from django.dispatch import Signal
@@ -17,8 +17,7 @@ from dj_cqrs.constants import DELETED_ATTR, SignalType
 from dj_cqrs.controller import producer
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.utils import (
-    _current_bulk_relate_cache,
-    get_correlation_id,
+    _current_bulk_relate_cm,
     get_json_valid_value,
     get_message_expiration_dt,
 )
@@ -49,27 +48,33 @@ class MasterSignals:
     def post_save(sender: type, **kwargs: Any) -> None:
         """Publish a SAVE (or, with ``sync=True``, a SYNC) once the transaction commits.
 
-        A save restricted by ``update_fields`` without the CQRS fields publishes nothing.
+        A save restricted by ``update_fields`` without the CQRS fields publishes nothing; so do
+        further saves of an instance whose SAVE is already waiting for the commit.
         """
         update_fields = kwargs.get('update_fields')
         if update_fields is not None and 'cqrs_revision' not in update_fields:
             return
         instance = kwargs['instance']
-        using = kwargs.get('using') or router.db_for_write(sender, instance=instance)
-        sync = kwargs.get('sync', False)
-        queue = kwargs.get('queue')
         if not is_published(instance):
             return
-        if _on_commit.is_pending(instance, using):
+        using = kwargs.get('using') or router.db_for_write(sender, instance=instance)
+        queue = kwargs.get('queue')
+        if kwargs.get('sync', False):
+            transaction.on_commit(
+                lambda: _produce_save(sender, instance, using, True, queue), using=using
+            )
+            return
+        record = _on_commit.enter(instance, using)
+        if record is not None and record.callback is not None:
             ref = instance.__dict__.get(_OUTBOX_ATTR)
             if ref is not None and sender.CQRS_TRACKED_FIELDS:
                 outbox.update_previous_data(ref, instance.get_tracked_fields_data())
             return
-        cache = _current_bulk_relate_cache(sender)
-        if cache is not None:
-            cache.register(instance, using)
+        bulk_relate_cm = _current_bulk_relate_cm(sender)
+        if bulk_relate_cm is not None:
+            bulk_relate_cm.register(instance, using)
         ref = None
-        if not sync and outbox.is_enabled():
+        if outbox.is_enabled():
             ref = outbox.record(
                 using,
                 sender.CQRS_ID,
@@ -78,9 +83,14 @@ class MasterSignals:
                 previous_data=instance.get_tracked_fields_data(),
             )
             instance.__dict__[_OUTBOX_ATTR] = ref
-        _on_commit.schedule(
-            instance, using, lambda: _produce_save(sender, instance, using, sync, queue, ref)
-        )
+
+        def publish() -> bool:
+            return _produce_save(sender, instance, using, False, queue, ref)
+
+        if record is None:
+            publish()
+        else:
+            record.callback = publish
 
     @staticmethod
     def pre_delete(sender: type, **kwargs: Any) -> None:
@@ -113,7 +123,7 @@ class MasterSignals:
                     using, sender.CQRS_ID, payload.pk, SignalType.DELETE, payload=payload.to_dict()
                 ),
             )
-        _on_commit.schedule(instance, using, lambda: _produce(payload))
+        transaction.on_commit(lambda: _produce(payload), using=using)
 
     @classmethod
     def post_bulk_create(cls, sender: type, **kwargs: Any) -> None:
@@ -152,15 +162,13 @@ def _build_payload(
     meta = instance.get_cqrs_meta(
         instance_data=instance_data, previous_data=previous_data, signal_type=signal_type
     )
-    pk = get_json_valid_value(instance.pk)
     return TransportPayload(
         signal_type,
         model_cls.CQRS_ID,
         instance_data,
-        pk,
+        instance.pk,
         queue=queue,
         previous_data=previous_data,
-        correlation_id=get_correlation_id(signal_type, model_cls.CQRS_ID, pk, queue),
         expires=get_message_expiration_dt(),
         meta=meta,
     )
@@ -197,6 +205,8 @@ def _produce_save(
     pk = instance.pk
     try:
         payload = build_save_payload(model_cls, instance, using, sync, queue)
+    except ImportError:
+        raise
     except ObjectDoesNotExist:
         logger.error(
             'CQRS %s is skipped: pk = %s (%s) does not exist any more.',
@@ -214,8 +224,6 @@ def _produce_save(
             model_cls.CQRS_ID,
         )
         return False
-    finally:
-        instance.reset_cqrs_tracked_fields_data()
     outbox.attach(payload, ref)
     return _produce(payload)
 

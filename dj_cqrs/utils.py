@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ContextDecorator
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
+
+from dj_cqrs.correlation import get_correlation_id as get_correlation_id
+from dj_cqrs.state import cqrs_state
 
 
 def get_message_expiration_dt(message_ttl: int | None = None) -> datetime | None:
@@ -39,66 +39,83 @@ def get_messages_prefetch_count_per_worker() -> int:
 
 
 def get_json_valid_value(value: Any) -> Any:
-    """Return ``value`` as the master sends it: dates, times, UUIDs and decimals as strings."""
-    if isinstance(value, datetime | date | time | UUID | Decimal):
+    """Return ``value`` as the master sends it: dates, times and UUIDs as strings.
+
+    Other values are kept; ``Decimal`` values are written as JSON numbers by the encoder.
+    """
+    if isinstance(value, datetime | date | time | UUID):
         return str(value)
     return value
 
 
-def get_correlation_id(signal_type: str, cqrs_id: str, instance_pk: Any, queue: str | None):
-    """Return the correlation id of a message from the configured ``correlation_function``."""
-    from dj_cqrs.conf import cqrs_settings
+class _BulkRelateCM(ContextDecorator):
+    """Instances saved inside ``bulk_relate_cqrs_serialization``, serialized with one query.
 
-    func = cqrs_settings.master.correlation_function
-    if func is None:
-        return None
-    return func(signal_type, cqrs_id, instance_pk, queue)
-
-
-class _BulkRelateState(threading.local):
-    def __init__(self) -> None:
-        self.stack: list[_BulkRelateCache] = []
-
-
-_bulk_relate_state = _BulkRelateState()
-
-
-class _BulkRelateCache:
-    """Instances saved inside ``bulk_relate_cqrs_serialization``, serialized with one query."""
+    While active it is ``cqrs_state.bulk_relate_cm`` (blocks nest: the inner one comes first
+    and the outer ones stay reachable through ``outer``).
+    """
 
     chunk_size = 1000
 
-    def __init__(self, cqrs_id: str | None) -> None:
+    def __init__(self, cqrs_id: str | None = None) -> None:
         self.cqrs_id = cqrs_id
-        self.pending: dict[tuple[type, str], dict[Any, None]] = defaultdict(dict)
-        self.cache: dict[tuple[type, str], dict[Any, Any]] = defaultdict(dict)
+        self.outer: _BulkRelateCM | None = None
+        self._depth = 0
+        self._pending: dict[tuple[type, str | None], dict[Any, None]] = defaultdict(dict)
+        self._cache: dict[tuple[type, str | None], dict[Any, Any]] = defaultdict(dict)
 
     def accepts(self, model_cls: type) -> bool:
-        return bool(model_cls.CQRS_SERIALIZER) and self.cqrs_id in (None, model_cls.CQRS_ID)
+        """Whether saves of ``model_cls`` are batched by this block."""
+        return bool(getattr(model_cls, 'CQRS_SERIALIZER', None)) and self.cqrs_id in (
+            None,
+            model_cls.CQRS_ID,
+        )
 
-    def register(self, instance: Any, using: str) -> None:
+    def register(self, instance: Any, using: str | None = None) -> None:
+        """Remember a saved instance: it is read with the others when one is serialized."""
+        if not self.accepts(type(instance)):
+            return
         key = (type(instance), using)
-        self.pending[key][instance.pk] = None
-        self.cache[key].pop(instance.pk, None)
+        self._pending[key][instance.pk] = None
+        self._cache[key].pop(instance.pk, None)
 
-    def get(self, instance: Any, using: str) -> Any:
+    def get_cached_instance(self, instance: Any, using: str | None = None) -> Any:
+        """The instance as read (with ``relate_cqrs_serialization``) in the batch, or None."""
+        if not self.accepts(type(instance)):
+            return None
         key = (type(instance), using)
-        cached = self.cache[key]
-        if instance.pk not in cached:
+        cached = self._cache[key]
+        if instance.pk not in cached and self._pending.get(key):
             self._fetch(key)
         return cached.get(instance.pk)
 
-    def _fetch(self, key: tuple[type, str]) -> None:
+    def _fetch(self, key: tuple[type, str | None]) -> None:
         model_cls, using = key
-        pks = list(self.pending.pop(key, {}))
+        pks = list(self._pending.pop(key, {}))
         queryset = model_cls.relate_cqrs_serialization(model_cls._default_manager.using(using))
         for start in range(0, len(pks), self.chunk_size):
-            for obj in queryset.filter(pk__in=pks[start : start + self.chunk_size]):
-                self.cache[key][obj.pk] = obj
+            for obj in queryset.filter(pk__in=pks[start : start + self.chunk_size]).order_by():
+                self._cache[key][obj.pk] = obj
+
+    def _recreate_cm(self) -> _BulkRelateCM:
+        return type(self)(self.cqrs_id)
+
+    def __enter__(self) -> None:
+        if not self._depth:
+            self.outer = cqrs_state.bulk_relate_cm
+            cqrs_state.bulk_relate_cm = self
+        self._depth += 1
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._depth -= 1
+        if not self._depth:
+            cqrs_state.bulk_relate_cm = self.outer
+            self.outer = None
+            self._pending.clear()
+            self._cache.clear()
 
 
-@contextmanager
-def bulk_relate_cqrs_serialization(cqrs_id: str | None = None) -> Iterator[None]:
+def bulk_relate_cqrs_serialization(cqrs_id: str | None = None) -> _BulkRelateCM:
     """Batch the ``relate_cqrs_serialization`` queries of many saves.
 
     Inside the block, every master instance with ``CQRS_SERIALIZER`` (or only the one model
@@ -107,17 +124,16 @@ def bulk_relate_cqrs_serialization(cqrs_id: str | None = None) -> Iterator[None]
     are served from that read. Put the block around the transaction so that the on-commit
     publishing happens inside it. Works as a decorator too.
     """
-    _bulk_relate_state.stack.append(_BulkRelateCache(cqrs_id))
-    try:
-        yield
-    finally:
-        _bulk_relate_state.stack.pop()
+    return _BulkRelateCM(cqrs_id)
 
 
-def _current_bulk_relate_cache(model_cls: type) -> _BulkRelateCache | None:
-    for cache in reversed(_bulk_relate_state.stack):
-        if cache.accepts(model_cls):
-            return cache
+def _current_bulk_relate_cm(model_cls: type) -> _BulkRelateCM | None:
+    """The innermost active block of this thread that batches ``model_cls``."""
+    cm = cqrs_state.bulk_relate_cm
+    while cm is not None:
+        if cm.accepts(model_cls):
+            return cm
+        cm = cm.outer
     return None
 
 

@@ -419,7 +419,7 @@ def test_diff_sync_uuid_pks(run, produced):
 
     run('cqrs_diff_sync', stdin=f'uuid_pk,{header_date()},replica\n[{pks}]\n')
 
-    assert sorted(p.pk for p in produced) == sorted(str(row.pk) for row in rows)
+    assert sorted(str(p.pk) for p in produced) == sorted(str(row.pk) for row in rows)
     assert set(UUIDReplica.objects.values_list('pk', flat=True)) == {row.pk for row in rows}
 
 

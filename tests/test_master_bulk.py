@@ -144,16 +144,17 @@ def test_bulk_update_tracked_previous_values(produced, recorded):
         day=date(2021, 1, 1),
     )
 
+    # item 5: the old value of every tracked field, changed or not; foreign keys by attname
     by_pk = {p.pk: p for p in produced}
     assert by_pk[first.pk].previous_data == {
         'name': 'a',
-        'parent': parent_1.pk,
+        'parent_id': parent_1.pk,
         'day': '2020-01-02',
     }
-    assert by_pk[second.pk].previous_data == {'parent': parent_1.pk, 'day': None}
+    assert by_pk[second.pk].previous_data == {'name': 'b', 'parent_id': parent_1.pk, 'day': None}
     assert by_pk[first.pk].instance_data['parent'] == parent_2.pk
     assert by_pk[first.pk].instance_data['day'] == '2021-01-01'
-    assert sorted(r['previous_data']['parent'] for r in recorded) == [parent_1.pk] * 2
+    assert sorted(r['previous_data']['parent_id'] for r in recorded) == [parent_1.pk] * 2
     assert set(TrackedReplica.objects.values_list('name', flat=True)) == {'b'}
 
 

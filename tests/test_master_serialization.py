@@ -6,6 +6,7 @@ from datetime import date, datetime, time, timezone
 from decimal import Decimal
 
 import pytest
+import ujson
 from django.db import connection, transaction
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
@@ -65,7 +66,8 @@ def test_auto_fields_serialization(produced):
     assert data['birth_date'] == '2000-01-31'
     assert data['at_time'] == '10:11:12'
     assert data['token'] == str(token)
-    assert data['amount'] == '12.34'
+    assert data['amount'] == Decimal('12.34')  # a JSON number on the wire (item 10)
+    assert '"amount":12.34,' in ujson.dumps(produced[0].to_dict())
     assert data['ratio'] == 0.5
     assert data['flag'] is True
     assert data['cqrs_revision'] == 0
@@ -331,7 +333,7 @@ def test_tracked_fields_on_create_with_parent(produced):
     parent = TrackedParent.objects.create(name='p')
     TrackedModel.objects.create(parent=parent)
 
-    assert produced[-1].previous_data == {'parent': None}
+    assert produced[-1].previous_data == {'parent_id': None}  # attname on create (item 3)
 
 
 def test_tracked_fields_on_update_report_previous_values_of_changed_fields(produced, recorded):

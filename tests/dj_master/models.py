@@ -155,3 +155,14 @@ class FlakyModel(MasterMixin):
     name = models.CharField(max_length=200)
     fail_times = models.IntegerField(default=0)
     always_fail = models.BooleanField(default=False)
+
+
+class TrackedAllModel(MasterMixin):
+    """Every field tracked (``'__all__'``), a decimal, a serializer; no replica."""
+
+    CQRS_ID = 'tracked_all'
+    CQRS_TRACKED_FIELDS = '__all__'
+    CQRS_SERIALIZER = 'tests.dj_master.serializers.TrackedAllSerializer'
+
+    name = models.CharField(max_length=200, null=True)
+    amount = models.DecimalField(max_digits=10, decimal_places=2, null=True)

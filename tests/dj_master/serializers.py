@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from tests.dj_master.models import Author, Publisher
+from tests.dj_master.models import Author, Publisher, TrackedAllModel
 
 
 class PublisherSerializer(serializers.ModelSerializer):
@@ -15,3 +15,13 @@ class AuthorSerializer(serializers.ModelSerializer):
     class Meta:
         model = Author
         fields = ('id', 'name', 'publisher')
+
+
+class TrackedAllSerializer(serializers.ModelSerializer):
+    amount = serializers.DecimalField(
+        max_digits=10, decimal_places=2, coerce_to_string=False, allow_null=True
+    )
+
+    class Meta:
+        model = TrackedAllModel
+        fields = ('id', 'name', 'amount')
