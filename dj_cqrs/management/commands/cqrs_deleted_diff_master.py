@@ -41,7 +41,9 @@ class Command(CQRSCommand):
             pks = parse_pk_list(model, value, NAME, number)
             if not pks:
                 continue
-            existing = set(manager.filter(pk__in=pks).order_by().values_list('pk', flat=True))
-            missing = [json_pk(pk) for pk in pks if pk not in existing]
+            existing = manager.filter(pk__in=pks).order_by().values_list('pk', flat=True)
+            # Set arithmetic as in django-cqrs: the same order on stdout and text on stderr.
+            missing = list({json_pk(pk) for pk in pks} - {json_pk(pk) for pk in existing})
             if missing:
                 write_line(self, dump_line(missing))
+                self.stderr.write(f'PK to delete: {missing}')

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from django.db import router, transaction
+from django.db import DatabaseError, router, transaction
 
 from dj_cqrs.management.base import (
     CQRSCommand,
@@ -44,9 +44,10 @@ class Command(CQRSCommand):
 
         using = router.db_for_write(model)
         manager = model._base_manager.db_manager(using)
-        deleted = 0
         for pks in lines:
-            with transaction.atomic(using=using):
-                _total, per_model = manager.filter(pk__in=pks, cqrs_updated__lt=started).delete()
-            deleted += per_model.get(model._meta.label, 0)
-        self.stderr.write(f'Deleted {deleted} {model.CQRS_ID} replica rows.')
+            try:
+                with transaction.atomic(using=using):
+                    manager.filter(pk__in=pks, cqrs_updated__lt=started).delete()
+            except DatabaseError as exc:
+                # As in django-cqrs: the error on stderr, and on with the next line.
+                self.stderr.write(str(exc))

@@ -47,6 +47,12 @@ class Command(CQRSCommand):
             replica = dict(
                 manager.filter(pk__in=list(master)).order_by().values_list('pk', 'cqrs_revision')
             )
-            diff = [json_pk(pk) for pk, revision in master.items() if replica.get(pk) != revision]
+            # A set, built as django-cqrs builds it: the same order on stdout, the same text
+            # on stderr.
+            diff = set()
+            for pk, revision in master.items():
+                if replica.get(pk) != revision:
+                    diff.add(json_pk(pk))
             if diff:
-                write_line(self, dump_line(diff))
+                write_line(self, dump_line(list(diff)))
+                self.stderr.write(f'PK to resync: {diff}')
