@@ -118,6 +118,24 @@ class CQRSCommand(BaseCommand):
         for page in batch_qs(queryset, self.batch_size(options)):
             write_line(self, dump_line(encode(page)))
 
+    def read_diff_header(
+        self, stream: IO[str], parts: int, name: str
+    ) -> tuple[type[Model], list[str]]:
+        """The model and the fields of a diff stream's header ``<ID>,<now>[,<queue>]``.
+
+        An unknown CQRS_ID is ``Wrong CQRS ID: <id>!`` before anything else is checked.
+        """
+        fields = read_header(stream, parts, name)
+        if not fields[0]:
+            raise CommandError(f'{name}: no CQRS_ID in the header line.')
+        model = self.get_model(fields[0])
+        require_table(model, name)
+        try:
+            parse_header_datetime(fields[1])
+        except CommandError as exc:
+            raise CommandError(f'{name}: {exc}') from exc
+        return model, fields
+
     def tty_progress(self, enabled: bool, unit: str = 'rows') -> tqdm:
         """A tqdm bar on stderr, shown only when enabled and stderr is a terminal."""
         return tqdm(
@@ -326,15 +344,3 @@ def parse_revision_list(
             raise CommandError(f'{command}: line {number}: {item!r} is not a [pk, revision] pair.')
         revisions[_to_pk(model, item[0], command, number)] = item[1]
     return revisions
-
-
-def read_diff_header(stream: IO[str], parts: int, command: str) -> list[str]:
-    """``read_header`` of a diff stream (``<ID>,<now>[,<queue>]``), checking the date too."""
-    fields = read_header(stream, parts, command)
-    if not fields[0]:
-        raise CommandError(f'{command}: no CQRS_ID in the header line.')
-    try:
-        parse_header_datetime(fields[1])
-    except CommandError as exc:
-        raise CommandError(f'{command}: {exc}') from exc
-    return fields

@@ -11,8 +11,6 @@ from dj_cqrs.management.base import (
     iter_json_lines,
     parse_header_datetime,
     parse_pk_list,
-    read_diff_header,
-    require_table,
 )
 from dj_cqrs.registries import ReplicaRegistry
 
@@ -29,10 +27,9 @@ class Command(CQRSCommand):
 
     def handle(self, *args, **options):
         stream = input_stream(options)
-        cqrs_id, now = read_diff_header(stream, 2, NAME)
+        model, header = self.read_diff_header(stream, 2, NAME)
+        cqrs_id, now = header
         started = parse_header_datetime(now)
-        model = self.get_model(cqrs_id)
-        require_table(model, NAME)
 
         # Every line is checked before anything is deleted (the input is only the rows gone
         # from the master, so it is small).

@@ -11,8 +11,6 @@ from dj_cqrs.management.base import (
     input_stream,
     iter_json_lines,
     parse_pk_list,
-    read_diff_header,
-    require_table,
 )
 from dj_cqrs.management.commands.cqrs_sync import DEFAULT_BATCH, DEFAULT_PROGRESS, sync_rows
 from dj_cqrs.registries import MasterRegistry
@@ -37,12 +35,11 @@ class Command(CQRSCommand):
         batch_size = self.batch_size(options)
         progress = bool(options.get('progress', DEFAULT_PROGRESS))
         stream = input_stream(options)
-        cqrs_id, _now, queue = read_diff_header(stream, 3, NAME)
+        model, header = self.read_diff_header(stream, 3, NAME)
+        cqrs_id, _now, queue = header
         queue = queue.strip()
         if not queue:
             raise CommandError(f'{NAME}: no queue in the header line.')
-        model = self.get_model(cqrs_id)
-        require_table(model, NAME)
         if queue == NO_QUEUE:
             queue = None
 
