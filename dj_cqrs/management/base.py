@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import IO, Any
 
 import ujson
@@ -106,16 +107,16 @@ class CQRSCommand(BaseCommand):
         Nothing but ``No objects found for filter!`` on stderr when no row matches. The time
         is taken before the first batch is read, so rows changed later are recognisable.
         """
-        model = queryset.model
+        pages = batch_qs(queryset, self.batch_size(options))
         try:
-            found = queryset.exists()
+            first = next(pages, None)  # the count
         except DatabaseError as exc:
             raise CommandError(f'{name}: {str(exc).splitlines()[0]}') from exc
-        if not found:
+        if first is None:
             self.stderr.write('No objects found for filter!')
             return
-        write_line(self, f'{model.CQRS_ID},{now_header()}')
-        for page in batch_qs(queryset, self.batch_size(options)):
+        write_line(self, f'{queryset.model.CQRS_ID},{now_header()}')
+        for page in chain([first], pages):
             write_line(self, dump_line(encode(page)))
 
     def read_diff_header(
