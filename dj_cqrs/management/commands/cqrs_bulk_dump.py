@@ -57,13 +57,14 @@ class Command(CQRSCommand):
         line.begin(batch_size)
         write(model.CQRS_ID)
         processed = saved = 0
+        using = queryset.db
         for page in batch_qs(queryset, batch_size):
             line.batch_started(processed)
             lines = []
             for instance in page:
                 processed += 1
                 try:
-                    lines.append(ujson.dumps(instance.to_cqrs_dict(page.db, sync=True)))
+                    lines.append(ujson.dumps(instance.to_cqrs_dict(using, sync=True)))
                 except Exception as exc:
                     err(f'\nDump record failed for pk={instance.pk}: {type(exc).__name__}: {exc}\n')
             if lines:
