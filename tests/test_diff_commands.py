@@ -22,7 +22,12 @@ from django.utils.dateparse import parse_datetime
 
 from dj_cqrs.constants import SignalType
 from tests import settings as test_settings
-from tests.dj_master.models import FilteredModel, SimplestModel, UUIDPkModel
+from tests.dj_master.models import (
+    FilteredModel,
+    SimplestModel,
+    SometimesSyncedModel,
+    UUIDPkModel,
+)
 from tests.dj_replica.models import MappedReplica, SimplestReplica, UUIDReplica
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -144,18 +149,36 @@ def test_diff_master_filter(run):
     assert split_header(out)[1] == ['[[2,0],[4,0]]']
 
 
-def test_diff_master_empty_table_prints_only_the_header(run):
-    out, _ = run('cqrs_diff_master', '--cqrs-id', 'simplest')
+def test_item_24_diff_master_empty_table_prints_nothing_on_stdout(run):
+    out, err = run('cqrs_diff_master', '--cqrs-id', 'simplest')
 
-    (cqrs_id, _now), body = split_header(out)
-    assert cqrs_id == 'simplest'
-    assert body == []
+    assert out == ''
+    assert err == 'No objects found for filter!\n'
+
+
+def test_item_24_diff_master_filter_matching_nothing(run):
+    create_simplest(1)
+
+    out, err = run('cqrs_diff_master', '--cqrs-id', 'simplest', '-f', '{"id__gt": 1}')
+
+    assert (out, err) == ('', 'No objects found for filter!\n')
+
+
+def test_item_24_diff_master_leaves_out_rows_not_synced(run):
+    for pk in range(1, 6):
+        name = 'private' if pk in (2, 4) else 'public'
+        SometimesSyncedModel.objects.create(id=pk, name=name)
+
+    out, _ = run('cqrs_diff_master', '--cqrs-id', 'sometimes', '-b', '2')
+
+    # Batches are counted before the filtering: [1, 2], [3, 4], [5].
+    assert split_header(out)[1] == ['[[1,0]]', '[[3,0]]', '[[5,0]]']
 
 
 def test_diff_master_batches_one_query_each(run, django_assert_num_queries):
     create_simplest(5, 1, 4, 2, 3)
 
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):  # the count, then one query per batch
         out, _ = run('cqrs_diff_master', '--cqrs-id', 'simplest', '-b', '2')
 
     assert split_header(out)[1] == ['[[1,0],[2,0]]', '[[3,0],[4,0]]', '[[5,0]]']
@@ -168,10 +191,10 @@ def test_diff_master_keyset_pagination(run):
         run('cqrs_diff_master', '--cqrs-id', 'simplest', '-b', '2')
 
     selects = queries_on(queries, 'dj_master_simplestmodel')
-    assert len(selects) == 3  # 2 rows, 2 rows, then an empty page
+    assert len(selects) == 3  # the count, then 2 rows and 2 rows
+    assert 'COUNT(' in selects[0]
     assert all('OFFSET' not in sql for sql in selects)
-    assert '"id" > 2' in selects[1]
-    assert '"id" > 4' in selects[2]
+    assert '"id" > 2' in selects[2]
 
 
 def test_diff_master_uuid_pks_are_strings(run):
@@ -190,20 +213,27 @@ def test_diff_master_uuid_pks_are_strings(run):
 @pytest.mark.parametrize(
     ('args', 'message'),
     [
-        (['--cqrs-id', 'unknown'], "Unknown master CQRS_ID: 'unknown'."),
-        (['--cqrs-id', 'simplest', '-f', '{"id": '], 'Bad filter: not valid JSON'),
-        (['--cqrs-id', 'simplest', '-f', '[1]'], 'Bad filter: a JSON object'),
-        (['--cqrs-id', 'simplest', '-f', '{"nope": 1}'], 'Bad filter for simplest'),
-        (['--cqrs-id', 'simplest', '-f', '{"id": "abc"}'], 'Bad filter for simplest'),
-        (['--cqrs-id', 'simplest', '-b', '0'], '--batch must be at least 1'),
+        (['--cqrs-id', 'unknown'], 'Wrong CQRS ID: unknown!'),
+        (['--cqrs-id', 'simplest', '-f', '{"id": '], 'Bad filter kwargs!'),
+        (['--cqrs-id', 'simplest', '-f', '[1]'], 'Bad filter kwargs!'),
+        (
+            ['--cqrs-id', 'simplest', '-f', '{"nope": 1}'],
+            "Bad filter kwargs! Cannot resolve keyword 'nope' into field. Choices are: "
+            'cqrs_revision, cqrs_updated, id, name',
+        ),
+        (
+            ['--cqrs-id', 'simplest', '-f', '{"id": "abc"}'],
+            "Bad filter kwargs! Field 'id' expected a number but got 'abc'.",
+        ),
+        (['--cqrs-id', 'simplest', '-b', '0'], '--batch must be at least 1, not 0.'),
     ],
 )
-def test_diff_master_bad_arguments(fails, args, message):
+def test_item_25_diff_master_bad_arguments(fails, args, message):
     create_simplest(1)
 
     error, out = fails('cqrs_diff_master', *args)
 
-    assert message in error
+    assert error == message
     assert out == ''
 
 
@@ -226,7 +256,18 @@ def test_diff_replica_prints_missing_and_stale_pks(run):
     out, err = run('cqrs_diff_replica', stdin=f'simplest,{now}\n[[1,0],[2,0],[3,0],[4,0]]\n')
 
     assert out == f'simplest,{now},replica\n[2,3]\n'
-    assert err == ''
+    assert err == 'PK to resync: {2, 3}\n'
+
+
+def test_item_24_diff_replica_prints_pks_to_resync_on_stderr_per_line(run):
+    create_simplest(1, 2, 3)
+    now = header_date()
+    stdin = f'simplest,{now}\n[[1,0],[9,0],[2,1]]\n[[3,0]]\n[[8,0]]\n'
+
+    out, err = run('cqrs_diff_replica', stdin=stdin)
+
+    assert out == f'simplest,{now},replica\n[9,2]\n[8]\n'
+    assert err == 'PK to resync: {9, 2}\nPK to resync: {8}\n'
 
 
 def test_diff_replica_master_revision_ahead(run):
@@ -318,7 +359,8 @@ def test_diff_replica_reads_the_stdin_option(run):
         ('simplest\n[[1,0]]\n', "cqrs_diff_replica: bad header line 'simplest'."),
         ('simplest,yesterday\n', "cqrs_diff_replica: Bad date in the header: 'yesterday'."),
         (f',{header_date()}\n', 'cqrs_diff_replica: no CQRS_ID in the header line.'),
-        (f'unknown,{header_date()}\n', "Unknown replica CQRS_ID: 'unknown'."),
+        (f'unknown,{header_date()}\n', 'Wrong CQRS ID: unknown!'),
+        ('unknown,yesterday\n', 'Wrong CQRS ID: unknown!'),
         (f'raw,{header_date()}\n', 'raw is not a Django model with a table'),
         # The output of cqrs_diff_replica itself is not an input of cqrs_diff_replica.
         (f'simplest,{header_date()},replica\n', 'Bad date in the header'),
@@ -369,8 +411,8 @@ def test_diff_sync_publishes_syncs_to_the_queue(run, produced):
 
     out, err = run('cqrs_diff_sync', stdin=f'simplest,{header_date()},replica\n[2,3]\n')
 
-    assert out == ''
-    assert err == 'Published 2 SYNC messages for simplest to queue replica.\n'
+    assert out == 'Done!\n2 instance(s) synced.\n2 instance(s) processed.\n'
+    assert err == ''
     assert [(p.signal_type, p.cqrs_id, p.pk, p.queue) for p in produced] == [
         (SignalType.SYNC, 'simplest', 2, 'replica'),
         (SignalType.SYNC, 'simplest', 3, 'replica'),
@@ -382,9 +424,10 @@ def test_diff_sync_none_queue_is_a_broadcast(run, produced):
     create_simplest(1, 2)
     produced.clear()
 
-    _, err = run('cqrs_diff_sync', stdin=f'simplest,{header_date()},None\n[1]\n[2]\n')
+    out, _ = run('cqrs_diff_sync', stdin=f'simplest,{header_date()},None\n[1]\n[2]\n')
 
-    assert err == 'Published 2 SYNC messages for simplest to every replica.\n'
+    # One cqrs_sync run per line, as in django-cqrs.
+    assert out == 'Done!\n1 instance(s) synced.\n1 instance(s) processed.\n' * 2
     assert [(p.pk, p.queue) for p in produced] == [(1, None), (2, None)]
 
 
@@ -392,9 +435,11 @@ def test_diff_sync_skips_pks_missing_on_the_master(run, produced):
     create_simplest(1)
     produced.clear()
 
-    _, err = run('cqrs_diff_sync', stdin=f'simplest,{header_date()},replica\n[7,1,8]\n[]\n\n')
+    out, _ = run('cqrs_diff_sync', stdin=f'simplest,{header_date()},replica\n[7,1,8]\n[]\n\n')
 
-    assert err == 'Published 1 SYNC messages for simplest to queue replica.\n'
+    assert out == (
+        'Done!\n1 instance(s) synced.\n1 instance(s) processed.\nNo objects found for filter!\n'
+    )
     assert [p.pk for p in produced] == [1]
 
 
@@ -406,8 +451,9 @@ def test_diff_sync_batches(run, produced):
         run('cqrs_diff_sync', '-b', '2', stdin=f'simplest,{header_date()},replica\n[5,4,3,2,1]\n')
 
     selects = queries_on(queries, 'dj_master_simplestmodel')
-    assert sum('COUNT(' in sql for sql in selects) == 1
-    assert len(selects) == 1 + 3  # the count, then pages of 2, 2 and 1 rows
+    # the total (as django-cqrs), the count of batch_qs, then pages of 2, 2 and 1 rows
+    assert sum('COUNT(' in sql for sql in selects) == 2
+    assert len(selects) == 2 + 3
     assert [p.pk for p in produced] == [1, 2, 3, 4, 5]
 
 
@@ -423,13 +469,21 @@ def test_diff_sync_uuid_pks(run, produced):
     assert set(UUIDReplica.objects.values_list('pk', flat=True)) == {row.pk for row in rows}
 
 
-def test_diff_sync_progress_on_stderr(run, capsys):
+def test_item_21_diff_sync_progress_is_the_cqrs_sync_text_per_line(run):
     create_simplest(1, 2, 3)
 
-    run('cqrs_diff_sync', '-p', stdin=f'simplest,{header_date()},replica\n[1,2]\n[3]\n')
+    out, err = run('cqrs_diff_sync', '-p', stdin=f'simplest,{header_date()},replica\n[1,2]\n[3]\n')
 
-    progress = capsys.readouterr().err
-    assert '3 pks' in progress
+    assert err == ''
+    pattern = (
+        r'Processing 2 records with batch size 10000\n'
+        r'\r2 of 2 processed - 100% with rate [\d.]+ rps, to go [\d:]+ \.\.\. {20}'
+        r'Done!\n2 instance\(s\) synced\.\n2 instance\(s\) processed\.\n'
+        r'Processing 1 records with batch size 10000\n'
+        r'\r1 of 1 processed - 100% with rate [\d.]+ rps, to go [\d:]+ \.\.\. {20}'
+        r'Done!\n1 instance\(s\) synced\.\n1 instance\(s\) processed\.\n'
+    )
+    assert re.fullmatch(pattern, out), out
 
 
 def test_diff_sync_without_progress_is_quiet(run, capsys):
@@ -447,8 +501,7 @@ def test_diff_sync_without_progress_is_quiet(run, capsys):
         (f'simplest,{header_date()}\n[1]\n', 'cqrs_diff_sync: bad header line'),
         (f'simplest,{header_date()},\n[1]\n', 'cqrs_diff_sync: no queue in the header line.'),
         ('simplest,never,replica\n[1]\n', "Bad date in the header: 'never'."),
-        (f'unknown,{header_date()},replica\n[1]\n', "Unknown master CQRS_ID: 'unknown'."),
-        (f'no_produce,{header_date()},replica\n[1]\n', 'no_produce does not produce'),
+        (f'unknown,{header_date()},replica\n[1]\n', 'Wrong CQRS ID: unknown!'),
         (f'simplest,{header_date()},replica\n[1]\n[1\n', 'line 3 is not valid JSON'),
         (f'simplest,{header_date()},replica\n{{"pk": 1}}\n', 'line 2 is not a JSON list'),
         (f'simplest,{header_date()},replica\n["x"]\n', "'x' is not a valid primary key"),
@@ -500,7 +553,7 @@ def test_deleted_diff_replica_reads_the_replica_table(run):
 def test_deleted_diff_replica_batches(run, django_assert_num_queries):
     create_simplest(1, 2, 3, 4, 5)
 
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):  # the count, then one query per batch
         out, _ = run('cqrs_deleted_diff_replica', '--cqrs-id', 'simplest', '-b', '2')
 
     assert split_header(out)[1] == ['[1,2]', '[3,4]', '[5]']
@@ -514,10 +567,10 @@ def test_deleted_diff_replica_filter(run):
     assert split_header(out)[1] == ['[2,3]']
 
 
-def test_deleted_diff_replica_empty_table(run):
-    out, _ = run('cqrs_deleted_diff_replica', '--cqrs-id', 'simplest')
+def test_item_24_deleted_diff_replica_empty_table(run):
+    out, err = run('cqrs_deleted_diff_replica', '--cqrs-id', 'simplest')
 
-    assert split_header(out)[1] == []
+    assert (out, err) == ('', 'No objects found for filter!\n')
 
 
 def test_deleted_diff_replica_uses_the_replica_pk_name(run):
@@ -531,11 +584,14 @@ def test_deleted_diff_replica_uses_the_replica_pk_name(run):
 @pytest.mark.parametrize(
     ('args', 'message'),
     [
-        (['--cqrs-id', 'unknown'], "Unknown replica CQRS_ID: 'unknown'."),
+        (['--cqrs-id', 'unknown'], 'Wrong CQRS ID: unknown!'),
         (['--cqrs-id', 'raw'], 'raw is not a Django model with a table'),
-        (['--cqrs-id', 'simplest', '-f', 'id=1'], 'Bad filter: not valid JSON'),
-        (['--cqrs-id', 'simplest', '-f', '{"nope": 1}'], 'Bad filter for simplest'),
-        (['--cqrs-id', 'filtered', '-f', '{"name": "a"}'], 'Bad filter for filtered'),
+        (['--cqrs-id', 'simplest', '-f', 'id=1'], 'Bad filter kwargs!'),
+        (
+            ['--cqrs-id', 'simplest', '-f', '{"nope": 1}'],
+            'Bad filter kwargs! Cannot resolve keyword',
+        ),
+        (['--cqrs-id', 'filtered', '-f', '{"name": "a"}'], 'Bad filter kwargs! Cannot resolve'),
         (['--cqrs-id', 'simplest', '-b', '-1'], '--batch must be at least 1'),
     ],
 )
@@ -558,7 +614,7 @@ def test_deleted_diff_master_prints_pks_missing_on_the_master(run):
     out, err = run('cqrs_deleted_diff_master', stdin=f'simplest,{now}\n[1,2,3]\n[4]\n[5,6]\n')
 
     assert out == f'simplest,{now}\n[3]\n[5,6]\n'
-    assert err == ''
+    assert err == 'PK to delete: [3]\nPK to delete: [5, 6]\n'
 
 
 def test_deleted_diff_master_passes_the_header_unchanged(run):
@@ -604,7 +660,7 @@ def test_deleted_diff_master_uuid_pks(run):
         ('', 'cqrs_deleted_diff_master: no input.'),
         ('simplest\n[1]\n', "cqrs_deleted_diff_master: bad header line 'simplest'."),
         ('simplest,2024-13-45 00:00:00\n[1]\n', 'Bad date in the header'),
-        (f'unknown,{header_date()}\n[1]\n', "Unknown master CQRS_ID: 'unknown'."),
+        (f'unknown,{header_date()}\n[1]\n', 'Wrong CQRS ID: unknown!'),
     ],
 )
 def test_deleted_diff_master_bad_header_writes_nothing(fails, stdin, message):
@@ -640,8 +696,7 @@ def test_deleted_sync_replica_deletes_the_listed_rows(run):
 
     out, err = run('cqrs_deleted_sync_replica', stdin=f'simplest,{header_date()}\n[1,3]\n[9]\n')
 
-    assert out == ''
-    assert err == 'Deleted 2 simplest replica rows.\n'
+    assert (out, err) == ('', '')
     assert [row[0] for row in replica_state()] == [2, 4]
     assert [row[0] for row in master_state()] == [1, 2, 3, 4]
 
@@ -651,9 +706,8 @@ def test_deleted_sync_replica_keeps_rows_updated_after_the_header(run):
     now = header_date()
     SimplestReplica.objects.filter(id=2).update(cqrs_updated=timezone.now())
 
-    _, err = run('cqrs_deleted_sync_replica', stdin=f'simplest,{now}\n[1,2]\n')
+    run('cqrs_deleted_sync_replica', stdin=f'simplest,{now}\n[1,2]\n')
 
-    assert err == 'Deleted 1 simplest replica rows.\n'
     assert [row[0] for row in replica_state()] == [2]
 
 
@@ -662,9 +716,8 @@ def test_deleted_sync_replica_header_date_is_compared_in_utc(run):
     # The same instant written in another time zone (the writer's) is still before the row.
     earlier = (timezone.now() - timedelta(hours=1)).astimezone(timezone.get_fixed_timezone(180))
 
-    _, err = run('cqrs_deleted_sync_replica', stdin=f'simplest,{earlier}\n[1]\n')
+    run('cqrs_deleted_sync_replica', stdin=f'simplest,{earlier}\n[1]\n')
 
-    assert err == 'Deleted 0 simplest replica rows.\n'
     assert [row[0] for row in replica_state()] == [1]
 
 
@@ -705,7 +758,7 @@ def test_deleted_sync_replica_uuid_pks(run):
         (' \n[1]\n', 'cqrs_deleted_sync_replica: no input.'),
         ('simplest\n[1]\n', 'bad header line'),
         ('simplest,now\n[1]\n', "Bad date in the header: 'now'."),
-        (f'unknown,{header_date()}\n[1]\n', "Unknown replica CQRS_ID: 'unknown'."),
+        (f'unknown,{header_date()}\n[1]\n', 'Wrong CQRS ID: unknown!'),
         (f'raw,{header_date()}\n[1]\n', 'raw is not a Django model with a table'),
         # A bad line anywhere: nothing is deleted, not even the lines before it.
         (f'simplest,{header_date()}\n[1]\n[2\n', 'line 3 is not valid JSON'),
@@ -728,8 +781,8 @@ def test_deleted_sync_replica_bad_input_deletes_nothing(fails, stdin, message):
 def diff_pipeline(run, cqrs_id, *args):
     master_out, _ = run('cqrs_diff_master', '--cqrs-id', cqrs_id, *args)
     replica_out, _ = run('cqrs_diff_replica', stdin=master_out)
-    _, sync_err = run('cqrs_diff_sync', '-b', '2', stdin=replica_out)
-    return replica_out, sync_err
+    sync_out, _ = run('cqrs_diff_sync', '-b', '2', stdin=replica_out)
+    return replica_out, sync_out
 
 
 def deleted_pipeline(run, cqrs_id, *args, between=None):
@@ -755,7 +808,10 @@ def test_diff_pipeline_repairs_the_replica(run, produced):
     (cqrs_id, _now, queue), body = split_header(replica_out, parts=3)
     assert (cqrs_id, queue) == ('simplest', 'replica')
     assert body == ['[2]', '[4,5,6]']
-    assert err == 'Published 4 SYNC messages for simplest to queue replica.\n'
+    assert err == (
+        'Done!\n1 instance(s) synced.\n1 instance(s) processed.\n'
+        'Done!\n3 instance(s) synced.\n3 instance(s) processed.\n'
+    )
     assert {(p.signal_type, p.queue) for p in produced} == {(SignalType.SYNC, 'replica')}
     assert replica_state() == master_state()
 
@@ -763,7 +819,7 @@ def test_diff_pipeline_repairs_the_replica(run, produced):
     produced.clear()
     replica_out, err = diff_pipeline(run, 'simplest')
     assert split_header(replica_out, parts=3)[1] == []
-    assert err == 'Published 0 SYNC messages for simplest to queue replica.\n'
+    assert err == ''
     assert produced == []
 
 
@@ -803,7 +859,7 @@ def test_deleted_pipeline_removes_rows_deleted_on_the_master(run):
     master_out, err = deleted_pipeline(run, 'simplest', '-b', '2')
 
     assert master_out.splitlines()[1:] == ['[2]', '[4]', '[5]']
-    assert err == 'Deleted 3 simplest replica rows.\n'
+    assert err == ''
     assert replica_state() == master_state()
 
 
@@ -814,9 +870,8 @@ def test_deleted_pipeline_keeps_rows_updated_after_it_started(run):
     def replica_row_updated_meanwhile():
         SimplestReplica.objects.filter(id=2).update(cqrs_updated=timezone.now())
 
-    _, err = deleted_pipeline(run, 'simplest', between=replica_row_updated_meanwhile)
+    deleted_pipeline(run, 'simplest', between=replica_row_updated_meanwhile)
 
-    assert err == 'Deleted 1 simplest replica rows.\n'
     assert [row[0] for row in replica_state()] == [2, 3]
 
 

@@ -1,26 +1,29 @@
 """What the ``cqrs_*`` management commands share: options, CQRS_ID lookup, filters, batches,
-progress bars and the header lines of piped streams."""
+progress output and the header lines of piped streams."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from collections.abc import Iterator
-from datetime import datetime
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from itertools import chain
 from typing import IO, Any
 
+import ujson
 from django.conf import settings
 from django.core.exceptions import FieldError, ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.db import DatabaseError
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
-from dj_cqrs.registries import MasterRegistry, RegistryMixin, ReplicaRegistry
+from dj_cqrs.management.utils import batch_qs
+from dj_cqrs.registries import MasterRegistry, RegistryMixin
 from dj_cqrs.utils import get_json_valid_value
 
 DEFAULT_BATCH_SIZE = 10000
@@ -36,15 +39,14 @@ class CQRSCommand(BaseCommand):
     registry: type[RegistryMixin] = MasterRegistry
     default_batch_size = DEFAULT_BATCH_SIZE
 
-    def add_cqrs_id_argument(self, parser: Any) -> None:
-        parser.add_argument('--cqrs-id', '-cid', required=True, help='CQRS_ID of the model.')
+    def add_cqrs_id_argument(self, parser: Any, short: str = '-cid') -> None:
+        parser.add_argument('--cqrs-id', short, required=True, help='CQRS_ID of the model.')
 
-    def add_filter_argument(self, parser: Any, required: bool = False) -> None:
+    def add_filter_argument(self, parser: Any) -> None:
         parser.add_argument(
             '--filter',
             '-f',
-            required=required,
-            default=None if required else '{}',
+            default=None,
             help='Django filter keyword arguments as a JSON object, e.g. \'{"id__gt": 10}\'.',
         )
 
@@ -58,16 +60,13 @@ class CQRSCommand(BaseCommand):
         )
 
     def add_progress_argument(self, parser: Any) -> None:
-        parser.add_argument(
-            '--progress', '-p', action='store_true', help='Show a progress bar on stderr.'
-        )
+        parser.add_argument('--progress', '-p', action='store_true', help='Display progress.')
 
     def get_model(self, cqrs_id: str) -> type[Model]:
-        """The model of ``cqrs_id`` in this command's registry, or a ``CommandError``."""
-        model = self.registry.models.get(cqrs_id)
+        """The model of ``cqrs_id`` in this command's registry, or ``Wrong CQRS ID: <id>!``."""
+        model = self.registry.get_model_by_cqrs_id(cqrs_id)
         if model is None:
-            side = 'replica' if self.registry is ReplicaRegistry else 'master'
-            raise CommandError(f'Unknown {side} CQRS_ID: {cqrs_id!r}.')
+            raise CommandError(f'Wrong CQRS ID: {cqrs_id}!')
         return model
 
     def batch_size(self, options: dict) -> int:
@@ -78,50 +77,70 @@ class CQRSCommand(BaseCommand):
             raise CommandError(f'--batch must be at least 1, not {size}.')
         return size
 
-    def filtered_queryset(self, model: type[Model], filter_json: str | None) -> QuerySet:
-        """``model``'s rows matching a JSON filter, or a ``CommandError`` naming the problem."""
-        queryset = model._default_manager.all()
-        if filter_json is None:
+    def filtered_queryset(
+        self, model: type[Model], filter_json: str | None, queryset: QuerySet | None = None
+    ) -> QuerySet:
+        """``model``'s rows matching a JSON filter (all rows without one).
+
+        A filter that is not a JSON object is ``Bad filter kwargs!``; one the ORM refuses is
+        ``Bad filter kwargs! <its message>``.
+        """
+        if queryset is None:
+            queryset = model._default_manager.all()
+        if not filter_json:
             return queryset
         try:
-            kwargs = json.loads(filter_json)
-        except ValueError as exc:
-            raise CommandError(f'Bad filter: not valid JSON ({exc}).') from exc
+            kwargs = ujson.loads(filter_json)
+        except ValueError:
+            kwargs = None
         if not isinstance(kwargs, dict):
-            raise CommandError('Bad filter: a JSON object of filter keyword arguments is needed.')
+            raise CommandError('Bad filter kwargs!')
         try:
-            queryset = queryset.filter(**kwargs)
+            return queryset.filter(**kwargs)
         except (FieldError, ValidationError, ValueError, TypeError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CommandError(f'Bad filter for {model.CQRS_ID}: {message}') from exc
-        return queryset
+            raise CommandError(f'Bad filter kwargs! {message}') from exc
 
-    def write_listing(self, options: dict, name: str, fields: tuple[str, ...], encode) -> None:
-        """Print ``<CQRS_ID>,<now>``, then ``encode(batch)`` as one JSON line per batch.
+    def write_listing(self, options: dict, name: str, queryset: QuerySet, encode) -> None:
+        """Print ``<CQRS_ID>,<now>``, then one line ``encode(rows)`` per batch of ``queryset``.
 
-        The time is taken before the first read, so rows changed later are recognisable; a
-        failing first query prints nothing at all.
+        Nothing but ``No objects found for filter!`` on stderr when no row matches. The time
+        is taken before the first batch is read, so rows changed later are recognisable.
         """
-        model = self.get_model(options['cqrs_id'])
-        require_table(model, name)
-        queryset = self.filtered_queryset(model, options['filter'])
-        batches = iter_value_batches(queryset, fields, self.batch_size(options))
-        header = f'{model.CQRS_ID},{now_header()}'
+        pages = batch_qs(queryset, self.batch_size(options))
         try:
-            first = next(batches, None)
+            first = next(pages, None)  # the count
         except DatabaseError as exc:
             raise CommandError(f'{name}: {str(exc).splitlines()[0]}') from exc
-        write_line(self, header)
         if first is None:
+            self.stderr.write('No objects found for filter!')
             return
-        for batch in chain([first], batches):
-            write_line(self, dump_line(encode(batch)))
+        write_line(self, f'{queryset.model.CQRS_ID},{now_header()}')
+        for page in chain([first], pages):
+            write_line(self, dump_line(encode(page)))
 
-    def progress(self, total: int | None, enabled: bool, unit: str = 'rows') -> tqdm:
-        """A progress bar on stderr (done / total, rate, time left), silent unless enabled."""
+    def read_diff_header(
+        self, stream: IO[str], parts: int, name: str
+    ) -> tuple[type[Model], list[str]]:
+        """The model and the fields of a diff stream's header ``<ID>,<now>[,<queue>]``.
+
+        An unknown CQRS_ID is ``Wrong CQRS ID: <id>!`` before anything else is checked.
+        """
+        fields = read_header(stream, parts, name)
+        if not fields[0]:
+            raise CommandError(f'{name}: no CQRS_ID in the header line.')
+        model = self.get_model(fields[0])
+        require_table(model, name)
+        try:
+            parse_header_datetime(fields[1])
+        except CommandError as exc:
+            raise CommandError(f'{name}: {exc}') from exc
+        return model, fields
+
+    def tty_progress(self, enabled: bool, unit: str = 'rows') -> tqdm:
+        """A tqdm bar on stderr, shown only when enabled and stderr is a terminal."""
         return tqdm(
-            total=total,
-            disable=not enabled,
+            disable=not (enabled and _isatty(sys.stderr)),
             file=sys.stderr,
             unit=f' {unit}',
             dynamic_ncols=True,
@@ -129,28 +148,61 @@ class CQRSCommand(BaseCommand):
         )
 
 
-def iter_batches(queryset: QuerySet, batch_size: int) -> Iterator[list[Model]]:
-    """Rows of ``queryset`` in pk order, ``batch_size`` per query (keyset pagination)."""
-    return _keyset(queryset.order_by('pk'), batch_size, lambda row: row.pk)
+class ProgressLine:
+    """The ``--progress`` text of ``cqrs_sync`` and ``cqrs_bulk_dump``.
 
+    ``Processing <N> records with batch size <B>``, then after every batch
+    ``\\r<i> of <N> processed - <p>% with rate <r> rps, to go <eta> ...`` padded with spaces
+    (the rate and the time left are those of the last batch).
+    """
 
-def iter_value_batches(queryset: QuerySet, fields: tuple[str, ...], batch_size: int):
-    """Like ``iter_batches``, for ``values_list(*fields)`` rows; the first field is the pk."""
-    return _keyset(queryset.order_by('pk').values_list(*fields), batch_size, lambda row: row[0])
+    def __init__(self, write: Callable[[str], None], total: int, enabled: bool) -> None:
+        self.write = write
+        self.total = total
+        self.enabled = enabled
+        self._started = 0.0
+        self._done_before = 0
 
+    def begin(self, batch_size: int) -> None:
+        if self.enabled:
+            self.write(f'Processing {self.total} records with batch size {batch_size}\n')
 
-def _keyset(queryset: QuerySet, batch_size: int, pk_of: Any) -> Iterator[list]:
-    """``WHERE pk > last ORDER BY pk LIMIT batch_size`` pages: never OFFSET."""
-    last = None
-    while True:
-        page = queryset if last is None else queryset.filter(pk__gt=last)
-        batch = list(page[:batch_size])
-        if not batch:
+    def batch_started(self, done: int) -> None:
+        self._started = time.time()
+        self._done_before = done
+
+    def batch_done(self, done: int) -> None:
+        if not self.enabled:
             return
-        yield batch
-        if len(batch) < batch_size:
-            return
-        last = pk_of(batch[-1])
+        elapsed = time.time() - self._started
+        rate = (done - self._done_before) / elapsed if elapsed else 0
+        percent = int(100 * done / self.total) if self.total else 100
+        eta = timedelta(seconds=int((self.total - done) / rate)) if rate else 'n/a'
+        self.write(
+            f'\r{done} of {self.total} processed - {percent}% with rate {rate:.1f} rps, '
+            f'to go {eta} ...{" ":20}'
+        )
+
+
+def plain_writer(stream: OutputWrapper) -> Callable[[str], None]:
+    """Write text as ``print`` would: unstyled, no line ending added, flushed."""
+
+    def write(text: str) -> None:
+        stream.write(text, style_func=_unstyled, ending='')
+        stream.flush()
+
+    return write
+
+
+def _unstyled(text: str) -> str:
+    return text
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def json_pk(value: Any) -> Any:
@@ -247,8 +299,9 @@ def _drop_stdout() -> None:
 
 
 def dump_line(value: Any) -> str:
-    """A body line of a diff stream: compact JSON, as the original library writes it."""
-    return json.dumps(value, separators=(',', ':'))
+    """A body line of a diff stream: JSON as ``ujson`` writes it by default (``\\/``,
+    ``\\uXXXX``), byte for byte what django-cqrs writes."""
+    return ujson.dumps(value)
 
 
 def _is_scalar(value: Any) -> bool:
@@ -292,15 +345,3 @@ def parse_revision_list(
             raise CommandError(f'{command}: line {number}: {item!r} is not a [pk, revision] pair.')
         revisions[_to_pk(model, item[0], command, number)] = item[1]
     return revisions
-
-
-def read_diff_header(stream: IO[str], parts: int, command: str) -> list[str]:
-    """``read_header`` of a diff stream (``<ID>,<now>[,<queue>]``), checking the date too."""
-    fields = read_header(stream, parts, command)
-    if not fields[0]:
-        raise CommandError(f'{command}: no CQRS_ID in the header line.')
-    try:
-        parse_header_datetime(fields[1])
-    except CommandError as exc:
-        raise CommandError(f'{command}: {exc}') from exc
-    return fields

@@ -113,12 +113,12 @@ def test_cqrs_id_option_binds_only_those_models(master, replica_service, names, 
     assert _routable(amqp_url, names['exchange'], f'cqrs.{dead}.flaky')
 
 
-def test_unknown_cqrs_id_and_bad_worker_count_are_errors(replica_service):
+def test_item_25_unknown_cqrs_id_and_bad_worker_count_are_errors(replica_service):
     replica = replica_service()
 
     result = replica.manage('cqrs_consume', '--cqrs-id', 'simplest', 'nope', check=False)
     assert result.returncode != 0
-    assert 'Unknown replica CQRS_ID: nope' in result.stderr
+    assert result.stderr.endswith('CommandError: Wrong CQRS ID: nope!\n')
     assert 'Traceback' not in result.stderr
 
     for workers in ('0', '-1'):

@@ -3,69 +3,72 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 import ujson
 from django.core.management.base import CommandError
 
-from dj_cqrs.management.base import CQRSCommand, iter_batches
+from dj_cqrs.management.base import CQRSCommand, ProgressLine, plain_writer
+from dj_cqrs.management.utils import batch_qs
 
 
 class Command(CQRSCommand):
-    help = 'Dump a master table: the CQRS_ID on the first line, then one JSON row per line.'
+    help = (
+        'Dump a master table: the CQRS_ID on the first line, then one JSON row per line '
+        '(no newline after the last one).'
+    )
 
     def add_arguments(self, parser):
-        self.add_cqrs_id_argument(parser)
+        self.add_cqrs_id_argument(parser, short='-c')
         parser.add_argument(
             '--output', '-o', default=None, help='File to write, or - for stdout (<ID>.dump).'
         )
         self.add_batch_argument(parser)
         self.add_progress_argument(parser)
-        parser.add_argument(
-            '--force', '-f', action='store_true', help='Overwrite an existing file.'
-        )
+        parser.add_argument('--force', '-f', action='store_true', help='Override output file.')
 
     def handle(self, *args, **options):
         model = self.get_model(options['cqrs_id'])
         batch_size = self.batch_size(options)
-        output = options['output'] or f'{model.CQRS_ID}.dump'
+        output = options['output'] or f'{options["cqrs_id"]}.dump'
         if output == '-':
-            self._dump(model, sys.stdout, batch_size, options['progress'])
+            self._dump(model, plain_writer(self.stdout), batch_size, options['progress'])
             return
         if os.path.exists(output) and not options['force']:
-            raise CommandError(f'{output} exists; use -f to overwrite it.')
+            raise CommandError(f'File {output} exists!')
         directory = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(directory):
             raise CommandError(f'Cannot write {output}: {directory} is not a directory.')
+        # Written next to the target and renamed at the end: never a half-written dump.
         handle, temporary = tempfile.mkstemp(prefix='.cqrs-dump-', dir=directory)
         try:
             with os.fdopen(handle, 'w', encoding='utf-8') as stream:
-                count = self._dump(model, stream, batch_size, options['progress'])
+                self._dump(model, stream.write, batch_size, options['progress'])
             os.replace(temporary, output)
         except BaseException:
             os.unlink(temporary)
             raise
-        self.stderr.write(f'Dumped {count} {model.CQRS_ID} rows to {output}.')
 
-    def _dump(self, model, stream, batch_size: int, progress: bool) -> int:
-        queryset = model.relate_cqrs_serialization(model._default_manager.all())
+    def _dump(self, model, write, batch_size: int, progress: bool) -> None:
+        err = plain_writer(self.stderr)
+        queryset = model.relate_cqrs_serialization(model._default_manager.order_by())
+        total = model._default_manager.count()
+        line = ProgressLine(err, total, progress)
+        line.begin(batch_size)
+        write(model.CQRS_ID)
+        processed = saved = 0
         using = queryset.db
-        stream.write(f'{model.CQRS_ID}\n')
-        count = 0
-        with self.progress(queryset.count(), progress) as bar:
-            for batch in iter_batches(queryset, batch_size):
-                lines = [
-                    ujson.dumps(
-                        obj.to_cqrs_dict(using, sync=True),
-                        ensure_ascii=False,
-                        escape_forward_slashes=False,
-                    )
-                    for obj in batch
-                ]
-                stream.write('\n'.join(lines))
-                stream.write('\n')
-                count += len(batch)
-                bar.update(len(batch))
-        stream.flush()
-        return count
+        for page in batch_qs(queryset, batch_size):
+            line.batch_started(processed)
+            lines = []
+            for instance in page:
+                processed += 1
+                try:
+                    lines.append(ujson.dumps(instance.to_cqrs_dict(using, sync=True)))
+                except Exception as exc:
+                    err(f'\nDump record failed for pk={instance.pk}: {type(exc).__name__}: {exc}\n')
+            if lines:
+                write('\n' + '\n'.join(lines))
+            saved += len(lines)
+            line.batch_done(processed)
+        err(f'Done!\n{saved} instance(s) saved.\n{processed} instance(s) processed.\n')

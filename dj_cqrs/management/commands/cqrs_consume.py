@@ -31,19 +31,25 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             '--ignore-paths',
+            nargs='?',
             default='',
+            const='',
             help='Comma-separated paths whose changes do not trigger a reload.',
         )
         parser.add_argument(
             '--sigint-timeout',
+            nargs='?',
             type=float,
             default=5,
+            const=5,
             help='Seconds a stopping worker gets to finish its message before SIGKILL (5).',
         )
         parser.add_argument(
             '--sigkill-timeout',
+            nargs='?',
             type=float,
             default=1,
+            const=1,
             help='Seconds to wait for a worker after SIGKILL (1).',
         )
 
@@ -54,18 +60,23 @@ class Command(BaseCommand):
         cqrs_ids = options['cqrs_id'] or None
         if not ReplicaRegistry.models:
             raise CommandError('This service has no replica models to consume for.')
-        if cqrs_ids:
-            unknown = sorted(set(cqrs_ids) - set(ReplicaRegistry.models))
-            if unknown:
-                raise CommandError(f'Unknown replica CQRS_ID: {", ".join(unknown)}.')
+        for cqrs_id in cqrs_ids or ():
+            if ReplicaRegistry.get_model_by_cqrs_id(cqrs_id) is None:
+                raise CommandError(f'Wrong CQRS ID: {cqrs_id}!')
         ignore_paths = [
-            str(Path(p.strip()).resolve()) for p in options['ignore_paths'].split(',') if p.strip()
+            str(Path(p.strip()).resolve())
+            for p in (options['ignore_paths'] or '').split(',')
+            if p.strip()
         ]
         Supervisor(
             workers,
             cqrs_ids=cqrs_ids,
             watch=options['reload'],
             ignore_paths=ignore_paths,
-            sigint_timeout=options['sigint_timeout'],
-            sigkill_timeout=options['sigkill_timeout'],
+            sigint_timeout=_or_default(options['sigint_timeout'], 5),
+            sigkill_timeout=_or_default(options['sigkill_timeout'], 1),
         ).run()
+
+
+def _or_default(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import pika
 import ujson
 from django.core.management.base import BaseCommand, CommandError
 
 from dj_cqrs.conf import cqrs_settings
+from dj_cqrs.constants import DEFAULT_MASTER_MESSAGE_TTL
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport import RabbitMQTransport, current_transport
 from dj_cqrs.transport.rabbit_mq import broker_location, connection_parameters, message_properties
@@ -27,9 +26,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         transport = current_transport._resolve()
         if not issubclass(transport, RabbitMQTransport):
-            raise CommandError(
-                f'cqrs_dead_letters works with RabbitMQTransport only, not {transport.__name__}.'
-            )
+            raise CommandError('Dead letters commands available only for RabbitMQTransport.')
         if not cqrs_settings.queue:
             raise CommandError("settings.CQRS['queue'] is not set: this is not a replica service.")
         try:
@@ -57,22 +54,32 @@ class Command(BaseCommand):
 
     def _dump(self, channel, queue: str, count: int) -> None:
         for _method, body in self._messages(channel, queue, count):
-            sys.stdout.write(body.decode('utf-8', errors='replace') + '\n')
-        sys.stdout.flush()
+            self.stdout.write(body.decode('utf-8', errors='replace'))
+        # Closing the channel puts the unacknowledged messages back, in order.
         channel.close()
 
     def _retry(self, channel, queue: str, count: int) -> None:
         channel.confirm_delivery()
-        retried = 0
-        for method, body in self._messages(channel, queue, count):
+        self.stdout.write(f'Total dead letters: {count}')
+        messages = self._messages(channel, queue, count)
+        for number in range(1, count + 1):
+            self.stdout.write(f'Retrying: {number}/{count}')
+            delivery = next(messages, None)
+            if delivery is None:
+                break
+            method, body = delivery
             try:
-                payload = TransportPayload.from_message(ujson.loads(body))
-            except (ValueError, KeyError, TypeError) as exc:
+                message = ujson.loads(body)
+                message['retries'] = 0
+                if message.get('expires'):
+                    # It may have expired already: one more day from now.
+                    expires = get_message_expiration_dt(DEFAULT_MASTER_MESSAGE_TTL)
+                    message['expires'] = expires.replace(microsecond=0).isoformat()
+                payload = TransportPayload.from_message(message)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # Left unacknowledged: it stays a dead letter when the channel closes.
                 self.stderr.write(f'Skipping a dead letter that is not a CQRS message: {exc}')
-                channel.basic_nack(method.delivery_tag, requeue=True)
                 continue
-            payload.retries = 0
-            payload.expires = get_message_expiration_dt()
             routing_key = f'cqrs.{cqrs_settings.queue}.{payload.cqrs_id}'
             channel.basic_publish(
                 cqrs_settings.exchange,
@@ -80,10 +87,11 @@ class Command(BaseCommand):
                 ujson.dumps(payload.to_dict()).encode(),
                 message_properties(),
             )
+            self.stdout.write(ujson.dumps(message))
             channel.basic_ack(method.delivery_tag)
-            retried += 1
-        self.stdout.write(f'Retried {retried} dead letters.')
 
     def _purge(self, channel, queue: str, count: int) -> None:
-        channel.queue_purge(queue)
-        self.stdout.write(f'Purged {count} dead letters.')
+        self.stdout.write(f'Total dead letters: {count}')
+        if count > 0:
+            channel.queue_purge(queue)
+            self.stdout.write('Purged')

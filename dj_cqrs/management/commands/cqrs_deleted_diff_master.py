@@ -10,8 +10,6 @@ from dj_cqrs.management.base import (
     iter_json_lines,
     json_pk,
     parse_pk_list,
-    read_diff_header,
-    require_table,
     write_line,
 )
 from dj_cqrs.registries import MasterRegistry
@@ -30,9 +28,8 @@ class Command(CQRSCommand):
 
     def handle(self, *args, **options):
         stream = input_stream(options)
-        cqrs_id, now = read_diff_header(stream, 2, NAME)
-        model = self.get_model(cqrs_id)
-        require_table(model, NAME)
+        model, header = self.read_diff_header(stream, 2, NAME)
+        cqrs_id, now = header
         write_line(self, f'{cqrs_id},{now}')
 
         # The base manager: a row a custom default manager hides is not deleted.
@@ -41,7 +38,9 @@ class Command(CQRSCommand):
             pks = parse_pk_list(model, value, NAME, number)
             if not pks:
                 continue
-            existing = set(manager.filter(pk__in=pks).order_by().values_list('pk', flat=True))
-            missing = [json_pk(pk) for pk in pks if pk not in existing]
+            existing = manager.filter(pk__in=pks).order_by().values_list('pk', flat=True)
+            # Set arithmetic as in django-cqrs: the same order on stdout and text on stderr.
+            missing = list({json_pk(pk) for pk in pks} - {json_pk(pk) for pk in existing})
             if missing:
                 write_line(self, dump_line(missing))
+                self.stderr.write(f'PK to delete: {missing}')

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-from dj_cqrs.management.base import (
-    CQRSCommand,
-    json_pk,
-)
+from dj_cqrs.management.base import CQRSCommand, json_pk, require_table
 from dj_cqrs.registries import ReplicaRegistry
 
 NAME = 'cqrs_deleted_diff_replica'
@@ -25,9 +22,14 @@ class Command(CQRSCommand):
         self.add_batch_argument(parser)
 
     def handle(self, *args, **options):
+        model = self.get_model(options['cqrs_id'])
+        require_table(model, NAME)
+        queryset = self.filtered_queryset(
+            model, options['filter'], model._default_manager.order_by()
+        )
         self.write_listing(
             options,
             NAME,
-            ('pk',),
-            lambda batch: [json_pk(pk) for (pk,) in batch],
+            queryset.values_list('pk', flat=True),
+            lambda pks: [json_pk(pk) for pk in pks],
         )

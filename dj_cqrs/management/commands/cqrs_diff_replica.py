@@ -12,8 +12,6 @@ from dj_cqrs.management.base import (
     iter_json_lines,
     json_pk,
     parse_revision_list,
-    read_diff_header,
-    require_table,
     write_line,
 )
 from dj_cqrs.registries import ReplicaRegistry
@@ -32,9 +30,8 @@ class Command(CQRSCommand):
 
     def handle(self, *args, **options):
         stream = input_stream(options)
-        cqrs_id, now = read_diff_header(stream, 2, NAME)
-        model = self.get_model(cqrs_id)
-        require_table(model, NAME)
+        model, header = self.read_diff_header(stream, 2, NAME)
+        cqrs_id, now = header
         queue = cqrs_settings.queue or NO_QUEUE
         write_line(self, f'{cqrs_id},{now},{queue}')
 
@@ -47,6 +44,12 @@ class Command(CQRSCommand):
             replica = dict(
                 manager.filter(pk__in=list(master)).order_by().values_list('pk', 'cqrs_revision')
             )
-            diff = [json_pk(pk) for pk, revision in master.items() if replica.get(pk) != revision]
+            # A set, built as django-cqrs builds it: the same order on stdout, the same text
+            # on stderr.
+            diff = set()
+            for pk, revision in master.items():
+                if replica.get(pk) != revision:
+                    diff.add(json_pk(pk))
             if diff:
-                write_line(self, dump_line(diff))
+                write_line(self, dump_line(list(diff)))
+                self.stderr.write(f'PK to resync: {diff}')
