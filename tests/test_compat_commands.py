@@ -21,7 +21,7 @@ from django.db.models import QuerySet
 from django.test.utils import CaptureQueriesContext
 
 from dj_cqrs.management.utils import batch_qs
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import SimplestReplica
 
@@ -34,7 +34,7 @@ UPDATED = datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
 def sent(monkeypatch):
     """Payloads handed to the transport, not applied to the replica tables."""
     payloads = []
-    monkeypatch.setattr(TransportMock, 'produce', staticmethod(payloads.append))
+    monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(payloads.append))
     return payloads
 
 

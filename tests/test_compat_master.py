@@ -17,7 +17,7 @@ from dj_cqrs import outbox
 from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME, SignalType
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.models import CQRSOutboxMessage
-from dj_cqrs.transport.mock import TransportMock
+from dj_cqrs.transport.loopback import LoopbackTransport
 from tests import settings as test_settings
 from tests.dj_master.models import (
     Author,
@@ -314,7 +314,7 @@ def test_item_07_sync_with_serializer_makes_no_query(monkeypatch):
     author = Author.objects.create(name='a')
     author.name = 'in memory'
     sent = []
-    monkeypatch.setattr(TransportMock, 'produce', staticmethod(sent.append))
+    monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(sent.append))
 
     with CaptureQueriesContext(connection) as queries:
         assert author.cqrs_sync() is True
