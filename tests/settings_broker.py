@@ -50,7 +50,7 @@ CQRS = {
     'replica': {
         'CQRS_MAX_RETRIES': int(os.environ.get('CQRS_TEST_MAX_RETRIES', '3')),
         # Whole seconds: like the original, a float falls back to the default 2 with a warning.
-        'CQRS_RETRY_DELAY': int(os.environ.get('CQRS_TEST_RETRY_DELAY', '0')),
+        'CQRS_RETRY_DELAY': int(os.environ.get('CQRS_TEST_RETRY_DELAY', '1')),
         'delay_queue_max_size': int(os.environ.get('CQRS_TEST_DELAY_QUEUE', '1000')),
     },
 }
