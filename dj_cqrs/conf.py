@@ -396,9 +396,9 @@ class CQRSSettings:
         is_replica = bool(ReplicaRegistry.models)
         if not (is_master or is_replica):
             return
-        if not hasattr(settings, 'CQRS'):
+        raw = getattr(settings, 'CQRS', None)
+        if raw is None:
             raise CQRSConfigurationError('settings.CQRS is required by the CQRS models.')
-        raw = settings.CQRS
         values = _load(warn=True)
         _check_transport(values.transport)
         if is_replica or 'replica' in raw:

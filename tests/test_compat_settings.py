@@ -93,6 +93,15 @@ def test_item_19_no_validation_without_cqrs_models(project):
     assert after == cqrs
 
 
+def test_item_19_missing_or_none_cqrs_setting_is_an_error(project):
+    with override_settings(CQRS=None), pytest.raises(CQRSConfigurationError):
+        cqrs_settings.validate()
+    with override_settings(), pytest.raises(CQRSConfigurationError) as excinfo:
+        del settings.CQRS
+        cqrs_settings.validate()
+    assert 'settings.CQRS' in str(excinfo.value)
+
+
 @pytest.mark.parametrize('sides', ['master', 'replica', 'both'])
 def test_item_19_validation_with_either_kind_of_model(project, sides):
     project(sides)
