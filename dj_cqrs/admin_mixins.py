@@ -2,43 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.contrib import admin
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.http import HttpRequest
+from django.utils.translation import gettext_lazy
 
 
 class CQRSAdminMasterSyncMixin:
-    """Adds the "Synchronize selected … via CQRS" action to a master model's admin."""
+    """Adds the "Synchronize selected … via CQRS" action to a master model's admin.
+
+    The action is added to the admin's own actions; ``actions = None`` turns all actions off,
+    this one included.
+    """
 
     def get_actions(self, request: HttpRequest) -> dict:
         actions = super().get_actions(request)
-        if 'sync_items' not in actions:
-            action = self.get_action('sync_items')
-            if action is not None:
-                actions['sync_items'] = action
+        if self.actions is None or IS_POPUP_VAR in request.GET or 'sync_items' in actions:
+            return actions
+        action = self.get_action('sync_items')
+        if action is not None:
+            actions['sync_items'] = action
         return actions
 
-    @admin.action(description='Synchronize selected %(verbose_name_plural)s via CQRS')
-    def sync_items(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Publish a SYNC for every selected row and report the result."""
+    @admin.action(description=gettext_lazy('Synchronize selected %(verbose_name_plural)s via CQRS'))
+    def sync_items(self, request: HttpRequest, queryset: Iterable) -> None:
+        """Publish a SYNC for every selected instance and report the result in one message.
+
+        ``queryset`` may be any iterable of master instances. The message is
+        ``"<n> successfully synced. <m> failed: [<instance>, ...]"`` (the failed instances'
+        reprs), at the INFO level.
+        """
         synced, failed = 0, []
         for item in self._cqrs_sync_queryset(queryset):
             if item.cqrs_sync():
                 synced += 1
             else:
                 failed.append(item)
-        opts = queryset.model._meta
-        self.message_user(request, f'Successfully synced {synced} {opts.verbose_name_plural}.')
-        if failed:
-            names = ', '.join(f'{item} (pk {item.pk})' for item in failed)
-            self.message_user(
-                request,
-                f'Failed to sync {len(failed)} {opts.verbose_name_plural}: {names}.',
-                level=messages.ERROR,
-            )
+        self.message_user(request, f'{synced} successfully synced. {len(failed)} failed: {failed}')
 
-    def _cqrs_sync_queryset(self, queryset: QuerySet) -> Any:
+    def _cqrs_sync_queryset(self, queryset: Any) -> Any:
         """Hook to adjust the selected rows before syncing (e.g. ``select_related``)."""
         return queryset

@@ -4,7 +4,7 @@ from django.apps import AppConfig
 
 
 class CQRSConfig(AppConfig):
-    """Validates ``settings.CQRS`` when the app registry is ready."""
+    """Validates ``settings.CQRS`` (when the project has CQRS models) once the registry is ready."""
 
     name = 'dj_cqrs'
     verbose_name = 'CQRS'

@@ -49,7 +49,8 @@ CQRS = {
     'master': {'CQRS_MESSAGE_TTL': 3600},
     'replica': {
         'CQRS_MAX_RETRIES': int(os.environ.get('CQRS_TEST_MAX_RETRIES', '3')),
-        'CQRS_RETRY_DELAY': float(os.environ.get('CQRS_TEST_RETRY_DELAY', '0.2')),
+        # Whole seconds: like the original, a float falls back to the default 2 with a warning.
+        'CQRS_RETRY_DELAY': int(os.environ.get('CQRS_TEST_RETRY_DELAY', '1')),
         'delay_queue_max_size': int(os.environ.get('CQRS_TEST_DELAY_QUEUE', '1000')),
     },
 }

@@ -40,7 +40,7 @@ class NotATransport:
         return None
 
 
-def not_callable_meta():  # a real function, referenced by dotted path below
+def meta_with_kwargs(**kwargs):  # a real function, referenced by dotted path below
     return {}
 
 
@@ -212,19 +212,19 @@ def test_transport_not_a_class():
 @pytest.mark.parametrize(
     ('cqrs', 'key'),
     [
-        ({'replica': {'CQRS_MAX_RETRIES': '5'}}, 'CQRS_MAX_RETRIES'),
-        ({'replica': {'CQRS_RETRY_DELAY': 'soon'}}, 'CQRS_RETRY_DELAY'),
-        ({'replica': {'CQRS_RETRY_DELAY': None}}, 'CQRS_RETRY_DELAY'),
-        ({'replica': {'delay_queue_max_size': '10'}}, 'delay_queue_max_size'),
-        ({'replica': {'CQRS_DELAY_QUEUE_MAX_SIZE': '10'}}, 'delay_queue_max_size'),
         ({'replica': {'dead_message_ttl': 1.5j}}, 'dead_message_ttl'),
+        ({'replica': {'dead_message_ttl': -1}}, 'dead_message_ttl'),
         ({'replica': {'dead_letter_queue': 7}}, 'dead_letter_queue'),
         ({'master': {'CQRS_AUTO_UPDATE_FIELDS': 'yes'}}, 'CQRS_AUTO_UPDATE_FIELDS'),
-        ({'master': {'CQRS_MESSAGE_TTL': '3600'}}, 'CQRS_MESSAGE_TTL'),
-        ({'master': {'CQRS_MESSAGE_TTL': True}}, 'CQRS_MESSAGE_TTL'),
+        ({'master': {'CQRS_AUTO_UPDATE_FIELDS': None}}, 'CQRS_AUTO_UPDATE_FIELDS'),
         ({'queue': 5}, 'queue'),
         ({'exchange': ['x']}, 'exchange'),
-        ({'consumer_prefetch_count': '10'}, 'consumer_prefetch_count'),
+        ({'consumer_prefetch_count': 'ten'}, 'consumer_prefetch_count'),
+        ({'consumer_prefetch_count': -1}, 'consumer_prefetch_count'),
+        ({'port': 'abc'}, 'port'),
+        ({'port': 0}, 'port'),
+        ({'master': None}, 'master'),
+        ({'replica': None}, 'replica'),
         ({'master': 'not a dict'}, 'master'),
         ({'replica': ['not', 'a', 'dict']}, 'replica'),
         ({'master': {'meta_function': NOT_CALLABLE}}, 'meta_function'),
@@ -245,11 +245,11 @@ def test_meta_function_dotted_path_is_resolved():
     cqrs = {
         'transport': MOCK,
         'queue': 'q',
-        'master': {'meta_function': 'tests.test_settings.not_callable_meta'},
+        'master': {'meta_function': 'tests.test_settings.meta_with_kwargs'},
     }
     with override_settings(CQRS=cqrs):
         cqrs_settings.validate()
-        assert cqrs_settings.master.meta_function is not_callable_meta
+        assert cqrs_settings.master.meta_function is meta_with_kwargs
 
 
 def test_correlation_function_callable_is_kept():
@@ -271,7 +271,6 @@ def test_correlation_function_callable_is_kept():
         ('replica', 'CQRS_MAX_RETRIES', -1, 30),
         ('replica', 'CQRS_RETRY_DELAY', -3, 2),
         ('replica', 'delay_queue_max_size', 0, 1000),
-        ('replica', 'dead_message_ttl', 0, 864000),
         ('master', 'CQRS_MESSAGE_TTL', 0, 86400),
         ('master', 'CQRS_MESSAGE_TTL', -5, 86400),
     ],
@@ -348,10 +347,10 @@ def test_app_ready_validates():
 
 def test_app_ready_rejects_wrong_type():
     config = apps.get_app_config('dj_cqrs')
-    bad = {'transport': MOCK, 'queue': 'q', 'replica': {'CQRS_MAX_RETRIES': '5'}}
+    bad = {'transport': MOCK, 'queue': 'q', 'master': {'CQRS_AUTO_UPDATE_FIELDS': 'yes'}}
     with override_settings(CQRS=bad), pytest.raises(ImproperlyConfigured) as excinfo:
         config.ready()
-    assert 'CQRS_MAX_RETRIES' in str(excinfo.value)
+    assert 'CQRS_AUTO_UPDATE_FIELDS' in str(excinfo.value)
 
 
 def test_app_ready_accepts_the_test_settings():

@@ -86,7 +86,7 @@ def cqrs_settings_for(transport, url, names, **replica):
         'exchange': names['exchange'],
         'queue': names['queue'],
         'master': {'CQRS_MESSAGE_TTL': 3600},
-        'replica': {'CQRS_MAX_RETRIES': 3, 'CQRS_RETRY_DELAY': 0.2, **replica},
+        'replica': {'CQRS_MAX_RETRIES': 3, 'CQRS_RETRY_DELAY': 1, **replica},
     }
 
 
