@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite. Brokers and PostgreSQL are started here (and stopped if we started
-# them). Two runs go side by side, since the broker tests mostly wait on other processes:
+# them). Three runs go side by side (the broker tests mostly wait on other processes):
 #   1. the suite and the multi-service integration tests on SQLite, with RabbitMQ and Redis;
 #   2. the core suite on PostgreSQL, then the integration tests on PostgreSQL (a database per
-#      service, see integration_tests/conftest.py).
-# Coverage of both runs is combined at the end.
+#      service, see integration_tests/conftest.py);
+#   3. the core suite on SQLite with Django 4.2 LTS (PY42, built by `make venv42`).
+# Coverage of runs 1 and 2 is combined at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+PY42=${PY42:-.venv-django42/bin/python}
 
 scripts/services.sh up || exit 1
 trap 'scripts/services.sh down' EXIT
@@ -23,8 +25,20 @@ postgres_run() {
     integration_tests --cov=dj_cqrs --cov-report= "$@" || return 1
 }
 
+django42_run() {
+  echo "== core suite on SQLite with Django 4.2 =="
+  if [ ! -x "$PY42" ]; then
+    echo "$PY42 is missing: run 'make venv42'"
+    return 1
+  fi
+  "$PY42" -m django --version
+  "$PY42" -m pytest tests --ignore=tests/transport "$@"
+}
+
 postgres_run "$@" >.run/postgres-tests.log 2>&1 &
 postgres_pid=$!
+django42_run "$@" >.run/django42-tests.log 2>&1 &
+django42_pid=$!
 
 status=0
 echo "== suite and multi-service integration tests on SQLite, with RabbitMQ and Redis =="
@@ -33,6 +47,8 @@ COVERAGE_FILE=.run/coverage.sqlite "$PY" -m pytest tests integration_tests \
 
 wait "$postgres_pid" || status=1
 cat .run/postgres-tests.log
+wait "$django42_pid" || status=1
+cat .run/django42-tests.log
 
 echo "== coverage of dj_cqrs, all runs =="
 "$PY" -m coverage combine -q .run/coverage.sqlite .run/coverage.pg .run/coverage.it-pg

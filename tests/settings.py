@@ -17,6 +17,7 @@ INSTALLED_APPS = [
     'dj_cqrs',
     'tests.dj_master',
     'tests.dj_replica',
+    'tests.compat_project',
 ]
 
 MIDDLEWARE = [
