@@ -126,10 +126,12 @@ class CQRSCommand(BaseCommand):
 
         An unknown CQRS_ID is ``Wrong CQRS ID: <id>!`` before anything else is checked.
         """
-        fields = read_header(stream, parts, name)
-        if not fields[0]:
+        line = read_first_line(stream, name)
+        cqrs_id = line.split(',', 1)[0]
+        if not cqrs_id:
             raise CommandError(f'{name}: no CQRS_ID in the header line.')
-        model = self.get_model(fields[0])
+        model = self.get_model(cqrs_id)
+        fields = split_header(line, parts, name)
         require_table(model, name)
         try:
             parse_header_datetime(fields[1])
@@ -214,17 +216,22 @@ def now_header() -> str:
     return str(timezone.now())
 
 
-def read_header(stream: IO[str], parts: int, command: str) -> list[str]:
-    """Read and split the first line of a piped stream, or fail with a one-line error."""
-    line = stream.readline()
-    if not line.strip():
+def read_first_line(stream: IO[str], command: str) -> str:
+    """The stripped first line of a piped stream; no input at all is a one-line error."""
+    line = stream.readline().strip()
+    if not line:
         raise CommandError(
             f'{command}: no input. Pipe the output of the previous command into it; '
             'if that command failed, fix it first.'
         )
-    fields = line.strip().split(',', parts - 1)
+    return line
+
+
+def split_header(line: str, parts: int, command: str) -> list[str]:
+    """The ``parts`` comma-separated fields of a header line, or a one-line error."""
+    fields = line.split(',', parts - 1)
     if len(fields) != parts:
-        raise CommandError(f'{command}: bad header line {line.strip()!r}.')
+        raise CommandError(f'{command}: bad header line {line!r}.')
     return fields
 
 
