@@ -147,7 +147,7 @@ def test_admin_action_syncs_selected_books_to_the_replica(demo, open_browser, tm
         message = wait.until(
             expected_conditions.presence_of_element_located((By.CSS_SELECTOR, '.messagelist'))
         )
-        assert 'Successfully synced 2 books.' in message.text
+        assert '2 successfully synced. 0 failed: []' in message.text
         assert 'Failed' not in message.text
     finally:
         browser.save_screenshot(str(tmp_path / 'admin.png'))

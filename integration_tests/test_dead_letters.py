@@ -36,7 +36,7 @@ def test_dead_letters_are_retried_into_the_replica(core, broker):
     master = core('master')
     queue = broker.queue('flaky')
     dead_letters = f'dead_letter_{queue}'
-    replica = core('replica', queue, CQRS_TEST_MAX_RETRIES=1, CQRS_TEST_RETRY_DELAY=0.2)
+    replica = core('replica', queue, CQRS_TEST_MAX_RETRIES=1, CQRS_TEST_RETRY_DELAY=1)
     replica.start_consumer('--cqrs-id', 'flaky', workers=1)
 
     assert master.shell(CREATE) == 2

@@ -112,7 +112,7 @@ def test_item_17_database_error_is_retried_through_the_delay_queue(setup, names,
     assert 'CQRS is received: pk = 1 (db_error), correlation_id = None.' in log
     assert 'CQRS is failed: pk = 1 (db_error), correlation_id = None, retries = 0.' in log
     assert 'CQRS is failed: pk = 1 (db_error), correlation_id = None, retries = 1.' in log
-    assert 'CQRS is delayed: pk = 1 (db_error), correlation_id = None, delay = 0.2 sec, eta = ' in (
+    assert 'CQRS is delayed: pk = 1 (db_error), correlation_id = None, delay = 1 sec, eta = ' in (
         log
     )
     assert log.count('CQRS is requeued: pk = 1 (db_error), correlation_id = None.') == 2
