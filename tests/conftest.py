@@ -52,3 +52,18 @@ def produced(monkeypatch):
 
     monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(produce))
     return payloads
+
+
+@pytest.fixture
+def cqrs_warnings(caplog):
+    """A function returning the WARNING messages of the ``django-cqrs`` logger so far."""
+    caplog.set_level(logging.DEBUG, logger='django-cqrs')
+
+    def collect():
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == 'django-cqrs' and r.levelno == logging.WARNING
+        ]
+
+    return collect

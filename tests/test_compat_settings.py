@@ -5,7 +5,6 @@ values (see docs/compatibility.md for the table).
 """
 
 import copy
-import logging
 
 import pytest
 from django.apps import apps
@@ -50,20 +49,6 @@ def project(monkeypatch):
 
     configure('both')
     return configure
-
-
-@pytest.fixture
-def warnings(caplog):
-    caplog.set_level(logging.DEBUG, logger='django-cqrs')
-
-    def collect():
-        return [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == 'django-cqrs' and r.levelno == logging.WARNING
-        ]
-
-    return collect
 
 
 def _cqrs(**common):
@@ -224,13 +209,13 @@ FALLBACKS = [
 
 @pytest.mark.parametrize(('section', 'key', 'value', 'default', 'warning'), FALLBACKS)
 def test_item_19_invalid_number_warns_and_falls_back_to_the_default(
-    project, warnings, section, key, value, default, warning
+    project, cqrs_warnings, section, key, value, default, warning
 ):
     cqrs = _cqrs(**{section: {key: value}})
     values, after = _validate(cqrs)
     assert getattr(getattr(values, section), key) == default
     assert after[section][key] == default
-    assert warnings() == [f'{warning.split(" is")[0]} is invalid, using default {default}.']
+    assert cqrs_warnings() == [f'{warning.split(" is")[0]} is invalid, using default {default}.']
     cqrs_settings.reload()
     with override_settings(CQRS=_cqrs(**{section: {key: value}})):
         assert getattr(getattr(cqrs_settings, section), key) == default
@@ -253,11 +238,13 @@ KEPT = [
 
 
 @pytest.mark.parametrize(('section', 'key', 'value', 'used'), KEPT)
-def test_item_19_valid_number_is_kept_without_warning(project, warnings, section, key, value, used):
+def test_item_19_valid_number_is_kept_without_warning(
+    project, cqrs_warnings, section, key, value, used
+):
     values, after = _validate(_cqrs(**{section: {key: value}}))
     assert getattr(getattr(values, section), key) == used
     assert after[section][key] is value
-    assert warnings() == []
+    assert cqrs_warnings() == []
 
 
 def test_item_19_retry_delay_none_means_the_default_two(project):
@@ -404,16 +391,16 @@ ACCEPTED = [
 
 
 @pytest.mark.parametrize(('cqrs', 'path', 'used'), ACCEPTED, ids=lambda v: repr(v)[:60])
-def test_item_20a_accepted_and_normalised_without_warning(project, warnings, cqrs, path, used):
+def test_item_20a_accepted_and_normalised_without_warning(project, cqrs_warnings, cqrs, path, used):
     values, _ = _validate(copy.deepcopy(cqrs))
     for name in path:
         values = getattr(values, name)
     assert values == used
     assert type(values) is type(used)
-    assert warnings() == []
+    assert cqrs_warnings() == []
 
 
-def test_item_20a_the_original_demo_settings_start(project, warnings):
+def test_item_20a_the_original_demo_settings_start(project, cqrs_warnings):
     """django-cqrs's demo project configures RabbitMQ with the port as a string."""
     demo = {
         'transport': RABBIT,
@@ -428,7 +415,7 @@ def test_item_20a_the_original_demo_settings_start(project, warnings):
         apps.get_app_config('dj_cqrs').ready()
         params = connection_parameters()
     assert (params.host, params.port) == ('localhost', 5672)
-    assert warnings() == []
+    assert cqrs_warnings() == []
 
 
 REJECTED = [

@@ -1,7 +1,5 @@
 """``settings.CQRS``: defaults, live values, validation and the current transport (SPEC §5)."""
 
-import logging
-
 import pytest
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
@@ -52,20 +50,6 @@ def _fresh_recording_transport():
     RecordingTransport.produced.clear()
     yield
     RecordingTransport.produced.clear()
-
-
-@pytest.fixture
-def cqrs_warnings(caplog):
-    caplog.set_level(logging.DEBUG, logger='django-cqrs')
-
-    def collect():
-        return [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == 'django-cqrs' and r.levelno == logging.WARNING
-        ]
-
-    return collect
 
 
 def _payload(**kwargs):
