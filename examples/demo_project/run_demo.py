@@ -459,8 +459,9 @@ def run() -> int:
     print_tables(state, summary.get('deleted_books', []))
     print_report(report)
 
-    published = log_counts(MASTER_LOG, r'CQRS (\w+) is published')
-    received = log_counts(CONSUMER_LOG, r'CQRS (\w+) is received')
+    # The log lines are django-cqrs's: 'CQRS is published: pk = 1 (demo.book), ...'.
+    published = log_counts(MASTER_LOG, r'CQRS is published: pk = .*? \((\S+)\), correlation_id')
+    received = log_counts(CONSUMER_LOG, r'CQRS is received: pk = .*? \((\S+)\), correlation_id')
     problems = log_counts(CONSUMER_LOG, r' (WARNING|ERROR) ')
     print('\nReplication')
     print(
