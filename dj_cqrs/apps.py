@@ -11,6 +11,21 @@ class CQRSConfig(AppConfig):
     default_auto_field = 'django.db.models.AutoField'
 
     def ready(self) -> None:
-        from dj_cqrs.conf import cqrs_settings
+        validate_settings()
 
-        cqrs_settings.validate()
+
+def validate_settings() -> None:
+    """Validate ``settings.CQRS`` for the CQRS models registered so far (what ``ready()`` runs).
+
+    The settings module knows nothing of models or transports: this entry point, the top of
+    the package, hands it the registries' verdict and the transport base class.
+    """
+    from dj_cqrs.conf import cqrs_settings
+    from dj_cqrs.registries import MasterRegistry, ReplicaRegistry
+    from dj_cqrs.transport.base import BaseTransport
+
+    cqrs_settings.validate(
+        has_masters=bool(MasterRegistry.models),
+        has_replicas=bool(ReplicaRegistry.models),
+        transport_base=BaseTransport,
+    )

@@ -10,6 +10,10 @@ the original library's outcomes: a wrong value raises ``CQRSConfigurationError``
 ``ImproperlyConfigured`` and an ``AssertionError``); an invalid retry/TTL/delay-queue number is
 replaced by its default with a warning; the defaults of the ``master`` and ``replica`` sections
 are written into ``settings.CQRS`` itself, where user code may read them.
+
+This module is near the bottom of the package: it imports nothing of ``dj_cqrs`` but
+``constants`` and ``_logging``. What it needs from above (are there master / replica models,
+which class must the transport subclass) is passed to ``validate()`` by ``dj_cqrs.apps``.
 """
 
 from __future__ import annotations
@@ -329,20 +333,18 @@ def _load(warn: bool = False) -> SimpleNamespace:
     )
 
 
-def _check_transport(path: Any) -> None:
+def _check_transport(path: Any, transport_base: type) -> None:
     if not path:
         raise CQRSConfigurationError(
             "settings.CQRS['transport'] is required: the dotted path of a transport class."
         )
-    from dj_cqrs.transport.base import BaseTransport
-
     try:
         transport_cls = import_string(path)
     except ImportError as exc:
         raise TransportImportError(
             f"settings.CQRS['transport'] = {path!r} cannot be imported: {exc}"
         ) from exc
-    if not (isinstance(transport_cls, type) and issubclass(transport_cls, BaseTransport)):
+    if not (isinstance(transport_cls, type) and issubclass(transport_cls, transport_base)):
         raise CQRSConfigurationError(
             f"settings.CQRS['transport'] = {path!r} is not a subclass of "
             'dj_cqrs.transport.BaseTransport.'
@@ -383,29 +385,27 @@ class CQRSSettings:
         """Forget the computed values; the next access reads ``settings.CQRS`` again."""
         self._values = None
 
-    def validate(self) -> None:
+    def validate(self, *, has_masters: bool, has_replicas: bool, transport_base: type) -> None:
         """Check ``settings.CQRS`` at app start, as the original does, and fill in defaults.
 
-        Runs only when the project has master or replica models. The ``master`` section is
-        checked and filled when there are master models or the section is present, the
-        ``replica`` section (and ``queue``) likewise.
+        ``has_masters`` / ``has_replicas``: whether the project has master / replica models
+        (nothing is checked without either); ``transport_base``: the class the configured
+        transport must subclass. The ``master`` section is checked and filled when there are
+        master models or the section is present, the ``replica`` section (and ``queue``)
+        likewise. ``dj_cqrs.apps.validate_settings()`` passes the project's values.
         """
-        from dj_cqrs.registries import MasterRegistry, ReplicaRegistry
-
-        is_master = bool(MasterRegistry.models)
-        is_replica = bool(ReplicaRegistry.models)
-        if not (is_master or is_replica):
+        if not (has_masters or has_replicas):
             return
         raw = getattr(settings, 'CQRS', None)
         if raw is None:
             raise CQRSConfigurationError('settings.CQRS is required by the CQRS models.')
         values = _load(warn=True)
-        _check_transport(values.transport)
-        if is_replica or 'replica' in raw:
+        _check_transport(values.transport, transport_base)
+        if has_replicas or 'replica' in raw:
             _check_queue(raw.get('queue'))
-        if is_master or 'master' in raw:
+        if has_masters or 'master' in raw:
             _fill(raw.setdefault('master', {}), values.master, FILLED_MASTER_KEYS)
-        if is_replica or 'replica' in raw:
+        if has_replicas or 'replica' in raw:
             _fill(raw.setdefault('replica', {}), values.replica, FILLED_REPLICA_KEYS)
         self._values = values
 

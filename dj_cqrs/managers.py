@@ -399,10 +399,15 @@ class ReplicaManager(Manager):
         return True
 
 
-def _overrides(model: type, name: str) -> bool:
-    from dj_cqrs.mixins import ReplicaMixin
+# The class whose replica hooks are the defaults (named, not imported: ``dj_cqrs.mixins``
+# imports this module).
+_DEFAULT_HOOKS_OWNER = ('dj_cqrs.mixins', 'ReplicaMixin')
 
-    return getattr(model, name).__func__ is not getattr(ReplicaMixin, name).__func__
+
+def _overrides(model: type, name: str) -> bool:
+    """Whether ``model`` (or a base between it and ``ReplicaMixin``) defines hook ``name``."""
+    owner = next(klass for klass in model.__mro__ if name in vars(klass))
+    return (owner.__module__, owner.__qualname__) != _DEFAULT_HOOKS_OWNER
 
 
 def _has_cqrs_fields(master_data: dict, cqrs_id: str) -> bool:

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
+from dj_cqrs.apps import validate_settings
 from dj_cqrs.conf import CQRSConfigurationError, TransportImportError, cqrs_settings
 from dj_cqrs.registries import MasterRegistry, ReplicaRegistry
 from dj_cqrs.transport.rabbit_mq import connection_parameters
@@ -58,13 +59,13 @@ def _cqrs(**common):
 def _validate(cqrs):
     """Validate ``cqrs`` as settings.CQRS; return the validated values and the dict after."""
     with override_settings(CQRS=cqrs):
-        cqrs_settings.validate()
+        validate_settings()
         return cqrs_settings._values, cqrs
 
 
 def _error(cqrs):
     with override_settings(CQRS=cqrs), pytest.raises(CQRSConfigurationError) as excinfo:
-        cqrs_settings.validate()
+        validate_settings()
     return excinfo.value
 
 
@@ -80,10 +81,10 @@ def test_item_19_no_validation_without_cqrs_models(project):
 
 def test_item_19_missing_or_none_cqrs_setting_is_an_error(project):
     with override_settings(CQRS=None), pytest.raises(CQRSConfigurationError):
-        cqrs_settings.validate()
+        validate_settings()
     with override_settings(), pytest.raises(CQRSConfigurationError) as excinfo:
         del settings.CQRS
-        cqrs_settings.validate()
+        validate_settings()
     assert 'settings.CQRS' in str(excinfo.value)
 
 
@@ -332,13 +333,13 @@ def test_item_20_configuration_error_is_both_classes():
 @pytest.mark.parametrize('caught', [AssertionError, ImproperlyConfigured])
 def test_item_20_configuration_errors_catchable_both_ways(project, cqrs, caught):
     with override_settings(CQRS=cqrs), pytest.raises(caught):
-        cqrs_settings.validate()
+        validate_settings()
 
 
 def test_item_20_unimportable_transport_is_also_an_import_error(project):
     cqrs = _cqrs(transport='no_such_module.Transport')
     with override_settings(CQRS=cqrs), pytest.raises(ImportError) as excinfo:
-        cqrs_settings.validate()
+        validate_settings()
     assert isinstance(excinfo.value, AssertionError)
     assert 'no_such_module.Transport' in str(excinfo.value)
 

@@ -5,6 +5,7 @@ from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
+from dj_cqrs.apps import validate_settings
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import producer
@@ -149,7 +150,7 @@ def test_retry_hooks_use_live_settings():
     CQRS={'transport': MOCK, 'queue': 'q', 'replica': {'CQRS_DELAY_QUEUE_MAX_SIZE': 50}}
 )
 def test_delay_queue_max_size_alias():
-    cqrs_settings.validate()
+    validate_settings()
     assert cqrs_settings.replica.delay_queue_max_size == 50
     assert get_delay_queue_max_size() == 50
     assert get_messages_prefetch_count_per_worker() == 51
@@ -160,7 +161,7 @@ def test_delay_queue_max_size_alias():
 
 def _validate_error(cqrs):
     with override_settings(CQRS=cqrs), pytest.raises(ImproperlyConfigured) as excinfo:
-        cqrs_settings.validate()
+        validate_settings()
     return str(excinfo.value)
 
 
@@ -232,7 +233,7 @@ def test_meta_function_dotted_path_is_resolved():
         'master': {'meta_function': 'tests.test_settings.meta_with_kwargs'},
     }
     with override_settings(CQRS=cqrs):
-        cqrs_settings.validate()
+        validate_settings()
         assert cqrs_settings.master.meta_function is meta_with_kwargs
 
 
@@ -242,7 +243,7 @@ def test_correlation_function_callable_is_kept():
 
     cqrs = {'transport': MOCK, 'queue': 'q', 'master': {'correlation_function': correlation}}
     with override_settings(CQRS=cqrs):
-        cqrs_settings.validate()
+        validate_settings()
         assert cqrs_settings.master.correlation_function is correlation
 
 
@@ -262,7 +263,7 @@ def test_correlation_function_callable_is_kept():
 def test_out_of_range_falls_back_with_warning(section, key, value, default, cqrs_warnings):
     cqrs = {'transport': MOCK, 'queue': 'q', section: {key: value}}
     with override_settings(CQRS=cqrs):
-        cqrs_settings.validate()
+        validate_settings()
         assert getattr(getattr(cqrs_settings, section), key) == default
         warnings = cqrs_warnings()
         assert len(warnings) == 1
@@ -275,14 +276,14 @@ def test_out_of_range_falls_back_with_warning(section, key, value, default, cqrs
 def test_zero_retries_is_allowed(cqrs_warnings):
     cqrs = {'transport': MOCK, 'queue': 'q', 'replica': {'CQRS_MAX_RETRIES': 0}}
     with override_settings(CQRS=cqrs):
-        cqrs_settings.validate()
+        validate_settings()
         assert cqrs_settings.replica.CQRS_MAX_RETRIES == 0
         assert ReplicaMixin.should_retry_cqrs(0) is False
     assert cqrs_warnings() == []
 
 
 def test_valid_settings_give_no_warning(cqrs_warnings):
-    cqrs_settings.validate()
+    validate_settings()
     assert cqrs_warnings() == []
 
 
@@ -292,7 +293,7 @@ def test_valid_settings_give_no_warning(cqrs_warnings):
 def test_message_ttl_none_means_never_expires():
     cqrs = {'transport': MOCK, 'queue': 'q', 'master': {'CQRS_MESSAGE_TTL': None}}
     with override_settings(CQRS=cqrs):
-        cqrs_settings.validate()
+        validate_settings()
         assert cqrs_settings.master.CQRS_MESSAGE_TTL is None
         assert get_message_expiration_dt() is None
         payload = TransportPayload.from_message(
@@ -306,7 +307,7 @@ def test_message_ttl_none_means_never_expires():
 def test_max_retries_none_means_forever():
     cqrs = {'transport': MOCK, 'queue': 'q', 'replica': {'CQRS_MAX_RETRIES': None}}
     with override_settings(CQRS=cqrs):
-        cqrs_settings.validate()
+        validate_settings()
         assert cqrs_settings.replica.CQRS_MAX_RETRIES is None
         assert ReplicaMixin.should_retry_cqrs(10_000) is True
 
@@ -314,7 +315,7 @@ def test_max_retries_none_means_forever():
 def test_dead_message_ttl_none_allowed():
     cqrs = {'transport': MOCK, 'queue': 'q', 'replica': {'dead_message_ttl': None}}
     with override_settings(CQRS=cqrs):
-        cqrs_settings.validate()
+        validate_settings()
         assert cqrs_settings.replica.dead_message_ttl is None
 
 
