@@ -33,6 +33,7 @@ $(STAMP42): requirements/base.txt requirements/django42.txt | $(STAMP)
 lint: venv
 	$(VENV)/bin/ruff check --no-cache .
 	$(VENV)/bin/ruff format --no-cache --check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mkdocs build --strict -q -d .run/site
 
 pytest: venv venv42
