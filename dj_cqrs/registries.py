@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dj_cqrs._logging import logger
+from dj_cqrs.conf import cqrs_settings
 
 
 class RegistryMixin:
@@ -48,8 +49,6 @@ class ReplicaRegistry(RegistryMixin):
 
     @classmethod
     def register_model(cls, model_cls: type) -> None:
-        from dj_cqrs.conf import cqrs_settings
-
         if not cqrs_settings.queue:
             raise AssertionError(
                 'CQRS queue must be set for the service, that has replica models. '

@@ -8,7 +8,10 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
+from dj_cqrs.conf import cqrs_settings
+from dj_cqrs.constants import DB_VENDOR_PG, SUPPORTED_TIMEOUT_DB_VENDORS
 from dj_cqrs.correlation import get_correlation_id as get_correlation_id
+from dj_cqrs.logger import install_last_query_capturer, model_connection
 from dj_cqrs.state import cqrs_state
 
 
@@ -17,8 +20,6 @@ def get_message_expiration_dt(message_ttl: int | None = None) -> datetime | None
 
     ``message_ttl`` defaults to ``settings.CQRS['master']['CQRS_MESSAGE_TTL']``.
     """
-    from dj_cqrs.conf import cqrs_settings
-
     ttl = cqrs_settings.master.CQRS_MESSAGE_TTL if message_ttl is None else message_ttl
     if ttl is None:
         return None
@@ -27,8 +28,6 @@ def get_message_expiration_dt(message_ttl: int | None = None) -> datetime | None
 
 def get_delay_queue_max_size() -> int | None:
     """Return the size of a worker's delay queue (None: unbounded)."""
-    from dj_cqrs.conf import cqrs_settings
-
     return cqrs_settings.replica.delay_queue_max_size
 
 
@@ -144,10 +143,6 @@ def apply_query_timeouts(model_cls: type, using: str | None = None) -> None:
     (``SET LOCAL``), outside one it is set for the session. With
     ``CQRS_LOG_TIMED_OUT_QUERIES`` the connection also starts remembering its last query.
     """
-    from dj_cqrs.conf import cqrs_settings
-    from dj_cqrs.constants import DB_VENDOR_PG, SUPPORTED_TIMEOUT_DB_VENDORS
-    from dj_cqrs.logger import install_last_query_capturer, model_connection
-
     timeout = int(cqrs_settings.replica.CQRS_QUERY_TIMEOUT or 0)
     if timeout <= 0:
         return

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
+from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.transport.base import BaseTransport
 from dj_cqrs.transport.kombu import KombuTransport
 from dj_cqrs.transport.rabbit_mq import RabbitMQTransport
@@ -17,8 +18,6 @@ class _CurrentTransport:
     """Stands for the transport class named by ``settings.CQRS['transport']``, read live."""
 
     def _resolve(self) -> type[BaseTransport]:
-        from dj_cqrs.conf import cqrs_settings
-
         path = cqrs_settings.transport
         if not path:
             from django.core.exceptions import ImproperlyConfigured
