@@ -2,7 +2,8 @@
 
 Rows are written with one raw INSERT in the transaction of the change, in its database. Rows
 of delivered messages are deleted in batches (every ``_DELETE_BATCH`` rows or
-``_DELETE_INTERVAL`` seconds, and at exit).
+``_DELETE_INTERVAL`` seconds, and at exit) by the thread that publishes: a delivery may be
+reported from a broker client's own thread, which should not open database connections.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 import ujson
-from django.db import DatabaseError, connections
+from django.db import connections
 from django.utils import timezone
 
 from dj_cqrs._logging import logger
@@ -94,11 +95,11 @@ class _Delivered:
         with self._lock:
             self._ids[ref[0]].append(ref[1])
             self._count += 1
-            due = (
-                self._count >= _DELETE_BATCH
-                or time.monotonic() - self._last_flush >= _DELETE_INTERVAL
-            )
-        if due:
+
+    def flush_due(self) -> None:
+        if self._count and (
+            self._count >= _DELETE_BATCH or time.monotonic() - self._last_flush >= _DELETE_INTERVAL
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -111,7 +112,7 @@ class _Delivered:
         for using, ids in pending.items():
             try:
                 delete(using, ids)
-            except DatabaseError as exc:
+            except Exception as exc:
                 logger.warning(
                     'CQRS outbox: %s confirmed rows could not be deleted (%s); the relay will '
                     'publish them again.',
@@ -125,9 +126,14 @@ atexit.register(_delivered.flush)
 
 
 def forget(ref: OutboxRef | None) -> None:
-    """The message of outbox row ``ref`` reached the broker: its row can go."""
+    """The message of outbox row ``ref`` reached the broker: its row can go (from any thread)."""
     if ref is not None:
         _delivered.add(ref)
+
+
+def flush_due() -> None:
+    """Delete the rows of delivered messages if a batch is full or old enough."""
+    _delivered.flush_due()
 
 
 def flush_forgotten() -> None:

@@ -189,6 +189,7 @@ def _publish_saved(
     """After the commit: build the SAVE / SYNC from the committed row and send it."""
     if instance.__dict__.get(DELETED_ATTR):
         _outbox.forget(ref)
+        _outbox.flush_due()
         return False
     signal_type = SignalType.SYNC if sync else SignalType.SAVE
     pk = instance.pk
@@ -204,6 +205,7 @@ def _publish_saved(
             model_cls.CQRS_ID,
         )
         _outbox.forget(ref)
+        _outbox.flush_due()
         return False
     except Exception:
         logger.exception(
@@ -229,3 +231,6 @@ def _send(payload: TransportPayload, ref: _outbox.OutboxRef | None) -> bool:
             payload.correlation_id,
         )
         return False
+    finally:
+        if ref is not None:
+            _outbox.flush_due()
