@@ -77,6 +77,8 @@ def update_previous_data(ref: OutboxRef, previous_data: dict | None) -> None:
 
 def delete(using: str, ids: list[int]) -> None:
     """Delete outbox rows now, in the current transaction of ``using`` if there is one."""
+    if not ids:
+        return
     from dj_cqrs.models import CQRSOutboxMessage
 
     CQRSOutboxMessage.objects.using(using).filter(id__in=ids)._raw_delete(using)
