@@ -444,7 +444,7 @@ def test_item_10_decimal_in_previous_data(produced):
 
 
 def test_item_10_decimal_survives_the_outbox(produced, monkeypatch):
-    monkeypatch.setattr('dj_cqrs.signals._produce_save', lambda *args, **kwargs: None)
+    monkeypatch.setattr('dj_cqrs.controller.producer._publish_saved', lambda *args, **kwargs: None)
     with cqrs_master_settings(outbox=True):
         obj = TrackedAllModel.objects.create(amount=Decimal('1.25'))
         obj.amount = Decimal('3.75')

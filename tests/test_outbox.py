@@ -300,7 +300,7 @@ def test_relay_publishes_a_change_whose_process_died_before_publishing(
 ):
     """Committed, but the on-commit publish never ran (the process was killed)."""
     with monkeypatch.context() as patch:
-        patch.setattr('dj_cqrs.signals._produce_save', lambda *args, **kwargs: None)
+        patch.setattr('dj_cqrs.controller.producer._publish_saved', lambda *args, **kwargs: None)
         with transaction.atomic():
             SimplestModel.objects.create(id=1, name='orphan')
     assert broker.sent == []

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dj_cqrs.dataclasses import TransportPayload
+
+DeliveryCallback = Callable[[bool], None]
+"""Called once with True when the broker took a message for good, False when it refused it."""
+
+_DELIVERY_ATTR = '_cqrs_on_delivery'
 
 
 class BaseTransport:
@@ -12,13 +18,23 @@ class BaseTransport:
 
     ``produce`` is called by the master side for every message; ``consume`` runs a replica
     worker, handing each received payload to ``dj_cqrs.controller.consumer.consume``.
+
+    What happens once a message is sent (the outbox row deleted, or kept for ``cqrs_relay``)
+    is the producer's business. By default the producer takes a ``produce`` that returns
+    anything but ``False`` (and does not raise) as delivered. A transport whose broker
+    confirms messages later sets ``reports_delivery = True`` and calls, for every payload it
+    accepted, the callback given by ``delivery_callback(payload)`` when the broker confirmed
+    (``True``) or refused (``False``) it.
     """
 
     consumers: dict[str, Any] = {}
 
+    reports_delivery: bool = False
+    """Whether ``produce`` reports each message's fate through ``delivery_callback``."""
+
     @staticmethod
     def produce(payload: TransportPayload) -> Any:
-        """Send one payload."""
+        """Send one payload; ``False`` when it could not be sent."""
         raise NotImplementedError
 
     @staticmethod
@@ -29,3 +45,18 @@ class BaseTransport:
     @staticmethod
     def clean_connection(*args: Any, **kwargs: Any) -> None:
         """Close whatever connection the transport keeps open in this process."""
+
+    @staticmethod
+    def delivery_callback(payload: TransportPayload) -> DeliveryCallback | None:
+        """The producer's callback for ``payload``, or None when nobody waits for its fate.
+
+        Call it once, from any thread, with True when the broker confirmed the message and
+        False when it refused it for good. A message with a callback is kept by the producer
+        until then (in the outbox), so a transport may fail it fast when the broker is down.
+        """
+        return getattr(payload, _DELIVERY_ATTR, None)
+
+
+def set_delivery_callback(payload: TransportPayload, callback: DeliveryCallback | None) -> None:
+    """Give ``payload`` the callback its transport reports the delivery through (producer)."""
+    setattr(payload, _DELIVERY_ATTR, callback)

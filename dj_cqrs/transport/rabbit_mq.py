@@ -12,14 +12,13 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import pika
 import ujson
 from pika import exceptions as pika_exceptions
 
-from dj_cqrs import outbox
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.constants import SignalType
@@ -31,7 +30,7 @@ from dj_cqrs.transport._lifecycle import (
     consume_until_stopped,
     replica_bindings,
 )
-from dj_cqrs.transport.base import BaseTransport
+from dj_cqrs.transport.base import BaseTransport, DeliveryCallback
 from dj_cqrs.transport.mixins import LoggingMixin
 
 _CONNECTION_ERRORS = (
@@ -45,8 +44,9 @@ _MAX_UNCONFIRMED = 10000
 # Confirms are read by every publish; returned messages are dispatched every N publishes
 # (and by flush()), which saves a poll per message.
 _DISPATCH_EVERY = 64
-# With the outbox on (changes are kept), publishes fail at once for this long after a failed
-# connection attempt instead of making every request wait for its own attempt.
+# A message kept by the producer until it is delivered (it has a delivery callback: the outbox
+# is on) fails at once for this long after a failed connection attempt, instead of making
+# every request wait for its own attempt.
 _UNREACHABLE_PAUSE = 1.0
 
 
@@ -118,7 +118,8 @@ class _Publisher:
     Opened on first use and reused; reopened after ``fork()`` or any connection or channel
     error. With publisher confirms, each message is kept until the broker confirms it and is
     published again on the next connection if the old one broke first; publishing does not
-    wait for the confirm (``flush()`` does).
+    wait for the confirm (``flush()`` does). A message's delivery callback is called with True
+    on its confirm.
     """
 
     def __init__(self) -> None:
@@ -142,14 +143,15 @@ class _Publisher:
         routing_key: str,
         body: bytes,
         properties: Any,
-        on_confirm: Callable[[], None] | None = None,
+        on_delivery: DeliveryCallback | None = None,
     ) -> bool:
         """Publish one message, retrying once on a fresh connection.
 
-        Returns True when the broker will confirm it (``on_confirm`` is then called on the
-        confirm), False when confirms are off.
+        Returns True when the broker will confirm it (``on_delivery(True)`` is then called on
+        the confirm), False when confirms are off. A message with ``on_delivery`` fails at once
+        while the broker was unreachable a moment ago.
         """
-        message = (exchange, routing_key, body, properties, on_confirm)
+        message = (exchange, routing_key, body, properties, on_delivery)
         with self._lock:
             was_open = self._connection is not None and self._pid == os.getpid()
             try:
@@ -175,7 +177,7 @@ class _Publisher:
                 if remaining <= 0:
                     return False
                 try:
-                    self._ensure_open()
+                    self._ensure_open(fail_fast=True)
                     self._connection.process_data_events(time_limit=min(remaining, 0.05))
                     self._republish_nacked()
                 except _CONNECTION_ERRORS:
@@ -200,7 +202,7 @@ class _Publisher:
         return len(self._unconfirmed) + len(self._nacked)
 
     def _publish_once(self, message: tuple) -> None:
-        self._ensure_open()
+        self._ensure_open(fail_fast=message[4] is not None)
         self._basic_publish(message)
         self._published += 1
         if self._nacked or not self._published % _DISPATCH_EVERY:
@@ -222,7 +224,7 @@ class _Publisher:
                 self._unconfirmed.pop(self._next_tag, None)
             raise
 
-    def _ensure_open(self) -> None:
+    def _ensure_open(self, fail_fast: bool = False) -> None:
         if self._pid != os.getpid():
             self._connection = self._channel = None
             self._unconfirmed.clear()
@@ -238,15 +240,19 @@ class _Publisher:
         self._drop()
         params = connection_parameters()
         location = broker_location(params)
-        if self._unreachable == location and time.monotonic() < self._unreachable_until:
+        if (
+            fail_fast
+            and self._unreachable == location
+            and time.monotonic() < self._unreachable_until
+        ):
             raise pika_exceptions.AMQPConnectionError(f'{location} was unreachable a moment ago')
         try:
             self._connection = pika.BlockingConnection(params)
         except _CONNECTION_ERRORS:
-            if outbox.is_enabled():
-                self._unreachable = location
-                self._unreachable_until = time.monotonic() + _UNREACHABLE_PAUSE
+            self._unreachable = location
+            self._unreachable_until = time.monotonic() + _UNREACHABLE_PAUSE
             raise
+        self._unreachable = None
         self.connections_opened += 1
         channel = self._connection.channel()
         channel.exchange_declare(cqrs_settings.exchange, 'topic', durable=True)
@@ -282,7 +288,7 @@ class _Publisher:
             message = self._unconfirmed.pop(tag, None)
             if message is not None and not nack and message[4] is not None:
                 try:
-                    message[4]()
+                    message[4](True)
                 except Exception:
                     logger.exception('CQRS confirm callback failed.')
             if nack and message is not None:
@@ -321,24 +327,28 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
 
     _publisher = _Publisher()
     _stop = StopFlag()
-    settles_outbox = True
+    reports_delivery = True
 
     @classmethod
     def produce(cls, payload: TransportPayload) -> bool:
-        """Publish one payload; False (logged) when the broker cannot be reached."""
+        """Publish one payload; False (logged) when the broker cannot be reached.
+
+        The payload's delivery callback is called on the broker's confirm (at once when
+        publisher confirms are off).
+        """
         routing_key = produced_routing_key(payload)
         body = ujson.dumps(payload.to_dict()).encode()
-        ref = outbox.ref_of(payload)
+        on_delivery = cls.delivery_callback(payload)
         try:
             confirmed = cls._publisher.publish(
                 cqrs_settings.exchange,
                 routing_key,
                 body,
                 message_properties(),
-                on_confirm=(lambda: outbox.mark_published(ref)) if ref else None,
+                on_delivery=on_delivery,
             )
-            if ref and not confirmed:
-                outbox.mark_published(ref)
+            if on_delivery is not None and not confirmed:
+                on_delivery(True)
         except _CONNECTION_ERRORS as exc:
             logger.error(
                 "CQRS couldn't be published: pk = %s (%s). Error: %s, broker %s.",

@@ -13,8 +13,7 @@ from dj_cqrs.controller import producer
 from dj_cqrs.management.base import CQRSCommand, ProgressLine, plain_writer
 from dj_cqrs.management.utils import batch_qs
 from dj_cqrs.mixins import RawMasterMixin
-from dj_cqrs.signals import build_save_payload, is_published
-from dj_cqrs.transport import current_transport
+from dj_cqrs.signals import is_published
 
 DEFAULT_BATCH = 10000
 DEFAULT_PROGRESS = False
@@ -81,8 +80,7 @@ def sync_rows(command, model, queryset, batch_size: int, queue: str | None, prog
                 if not connection.in_atomic_block:
                     close_old_connections()
         line.batch_done(processed)
-    flush = getattr(current_transport, 'flush', None)
-    if flush is not None and not flush():
+    if not producer.flush():
         raise CommandError('The broker did not confirm every message; run the command again.')
     write(f'Done!\n{synced} instance(s) synced.\n{processed} instance(s) processed.\n')
 
@@ -106,7 +104,9 @@ def _row_sync(model: type, queue: str | None) -> Callable[[Any], Any]:
     def publish(instance: Any) -> None:
         if is_published(instance):
             producer.produce(
-                build_save_payload(model, instance, instance._state.db, sync=True, queue=queue)
+                producer.build_save_payload(
+                    model, instance, instance._state.db, sync=True, queue=queue
+                )
             )
 
     return publish

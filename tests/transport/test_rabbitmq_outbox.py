@@ -1,0 +1,80 @@
+"""Issue 13 item 1 on a real RabbitMQ: the transport reports publisher confirms through the
+producer's callback; it knows nothing about the outbox, yet the confirms delete the rows.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pika
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import transaction
+from django.test import override_settings
+
+from dj_cqrs import outbox
+from dj_cqrs.models import CQRSOutboxMessage
+from dj_cqrs.transport import RabbitMQTransport
+from tests.dj_master.models import SimplestModel
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def with_outbox(**common):
+    master = {**settings.CQRS['master'], 'outbox': True}
+    return override_settings(CQRS={**settings.CQRS, **common, 'master': master})
+
+
+@pytest.fixture
+def queued(names, amqp_url):
+    """A queue bound to ``simplest`` on the test exchange; returns its message count."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    channel.exchange_declare(names['exchange'], 'topic', durable=True)
+    channel.queue_declare(names['queue'], durable=True)
+    channel.queue_bind(names['queue'], names['exchange'], 'simplest')
+
+    def count() -> int:
+        return channel.queue_declare(names['queue'], passive=True).method.message_count
+
+    yield count
+    connection.close()
+
+
+def rows() -> int:
+    outbox.flush_published()
+    return CQRSOutboxMessage.objects.count()
+
+
+@pytest.mark.parametrize('confirms', [True, False])
+def test_item_01_rabbitmq_confirms_delete_the_outbox_rows(master, queued, confirms):
+    master()
+    outbox.flush_published()
+    with with_outbox(publisher_confirms=confirms):
+        for pk in range(1, 51):
+            SimplestModel.objects.create(id=pk, name=str(pk))
+        with transaction.atomic():
+            for pk in range(51, 101):
+                SimplestModel.objects.create(id=pk, name=str(pk))
+        SimplestModel.objects.get(id=1).delete()
+
+        assert RabbitMQTransport.flush()
+        assert rows() == 0
+    assert queued() == 101
+
+
+def test_item_01_rabbitmq_failures_keep_the_rows_for_the_relay(master, queued):
+    master()
+    outbox.flush_published()
+    with with_outbox(url='amqp://guest:guest@127.0.0.1:1/%2F'):
+        for pk in range(1, 4):
+            SimplestModel.objects.create(id=pk, name=str(pk))
+        assert rows() == 3
+
+    with with_outbox():
+        err = io.StringIO()
+        call_command('cqrs_relay', '--once', '--min-age', '0', '--database', 'default', stderr=err)
+        assert 'Relayed 3 ' in err.getvalue()
+        assert rows() == 0
+    assert queued() == 3
