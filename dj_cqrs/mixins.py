@@ -10,7 +10,7 @@ from django.db.models.expressions import Combinable
 from django.utils.functional import classproperty
 from django.utils.module_loading import import_string
 
-from dj_cqrs import _on_commit, outbox
+from dj_cqrs import _on_commit
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.constants import (
     ALL_BASIC_FIELDS,
@@ -62,7 +62,7 @@ class RawMasterMixin(Model):
         using = kwargs.get('using') or router.db_for_write(type(self), instance=self)
         if (
             revises
-            and outbox.is_enabled()
+            and cqrs_settings.master.outbox
             and not transaction.get_connection(using).in_atomic_block
         ):
             with transaction.atomic(using=using):
