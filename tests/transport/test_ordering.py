@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import re
 
+import psycopg
 import pytest
 
-from tests.transport.conftest import wait_equal, wait_for
+from tests.transport.conftest import PG_SERVER, wait_equal, wait_for
 from tests.transport.test_rabbitmq import Broker, wire_body
 
 UPDATED = '2024-01-01 00:00:00+00:00'
+REGRESSIONS_TRIGGER = """
+CREATE TABLE revision_regressions (old integer, new integer);
+CREATE FUNCTION record_regression() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.cqrs_revision < OLD.cqrs_revision THEN
+        INSERT INTO revision_regressions VALUES (OLD.cqrs_revision, NEW.cqrs_revision);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER record_regression BEFORE UPDATE ON TABLE_NAME
+    FOR EACH ROW EXECUTE FUNCTION record_regression();
+"""
 
 
 @pytest.fixture
@@ -70,6 +83,11 @@ def test_item_01g_two_workers_on_postgresql_keep_the_last_revision(names, broker
     # 'locked' replicas read the row with select_for_update (CQRS_SELECT_FOR_UPDATE = True),
     # the documented way to make concurrent workers safe; without it the race is allowed.
     replica = replica_service(vendor='postgresql', CQRS_TEST_DELAY_QUEUE=1)
+    table = 'dj_replica_lockedreplica'
+    # Any UPDATE that takes the row's revision backwards is recorded, even if a later one
+    # puts it forward again: a lost update in the middle of the stream shows.
+    with psycopg.connect(dbname=replica.pg_name, autocommit=True, **PG_SERVER) as connection:
+        connection.execute(REGRESSIONS_TRIGGER.replace('TABLE_NAME', table))
     replica.start('-w', '2')
     replica.wait_ready(workers=2)
 
@@ -80,7 +98,6 @@ def test_item_01g_two_workers_on_postgresql_keep_the_last_revision(names, broker
         publish_save(broker, 'locked', 1, revision, f'revision {revision}')
     last = [(1, f'revision {revisions - 1}', revisions - 1)]
 
-    table = 'dj_replica_lockedreplica'
     wait_equal(lambda: last, lambda: replica.query(f'SELECT id, name, cqrs_revision FROM {table}'))
     wait_for(
         lambda: replica.log().count('CQRS is applied: pk = 1 (locked)') == revisions,
@@ -96,6 +113,7 @@ def test_item_01g_two_workers_on_postgresql_keep_the_last_revision(names, broker
         f'{log.count("CQRS is failed")} failed attempts retried'
     )
     assert len(workers) == 2, 'both workers applied messages of the row'
+    assert replica.query('SELECT old, new FROM revision_regressions') == []
     assert log.count('CQRS is applied: pk = 1 (locked)') == revisions
     assert 'CQRS is added to dead letter queue' not in log
     assert broker.count(names['queue']) == 0
