@@ -157,11 +157,12 @@ def test_item_01d_nacked_messages_stay_in_the_outbox_until_the_queue_has_room(
             'for pk in range(1, 16):\n'
             "    SimplestModel.objects.create(id=pk, name=f'row {pk}')\n",
         )
-        print(created.stderr[-3000:])
+        reports = len(re.findall(r'refused|nack', created.stderr, re.IGNORECASE))
+        print(f'{reports} log lines report the {15 - LIMIT} refused messages')
         assert queue_depth(broker.url, names['queue']) == LIMIT
         kept = sorted(int(pk) for (pk,) in master.query(f'SELECT instance_pk FROM {OUTBOX}'))
         assert kept == list(range(LIMIT + 1, 16)), 'exactly the refused messages are kept'
-        assert re.search(r'refused|nack', created.stderr, re.IGNORECASE), 'the nacks are reported'
+        assert reports >= 15 - LIMIT, 'each nack is reported'
 
     finally:
         broker.ctl('clear_policy', policy)
