@@ -88,7 +88,7 @@ def test_item_01a_burst_with_a_failing_row_and_a_poison_body_drains_the_queue(
     [(routing_key, _, dead)] = broker.peek(names['dead_letter_queue'], 1)
     assert routing_key == f'cqrs.{names["dead_letter_queue"]}.flaky'
     assert (dead['cqrs_id'], dead['instance_pk'], dead['retries']) == ('flaky', 1, 3)
-    assert broker.count(names['dead_letter_queue']) == 1
+    wait_for(lambda: broker.count(names['dead_letter_queue']) == 1, message='the dead letter kept')
 
 
 # --- b. a held SQLite write lock: the batch fails, its messages are applied one by one --------
