@@ -295,7 +295,11 @@ class PostgresReplicaService(ReplicaService):
 
 @pytest.fixture
 def replica_service(tmp_path, names, amqp_url):
-    """Factory of replica services sharing this test's exchange; all stopped at the end."""
+    """Factory of replica services sharing this test's exchange; all stopped at the end.
+
+    ``vendor='postgresql'`` gives the service a PostgreSQL database of its own (dropped at the
+    end) instead of an SQLite file.
+    """
     services: list[ReplicaService] = []
 
     def make(transport=RABBIT, url=None, queue=None, vendor='sqlite', **env: str) -> ReplicaService:
