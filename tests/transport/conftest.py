@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pika
@@ -22,6 +23,12 @@ from django.test import override_settings
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URL = os.environ.get('CQRS_TEST_AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672/%2F')
 REDIS_URL = os.environ.get('CQRS_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')
+PG_SERVER = {
+    'host': os.environ.get('CQRS_TEST_PG_HOST', '127.0.0.1'),
+    'port': os.environ.get('CQRS_TEST_PG_PORT', '5432'),
+    'user': os.environ.get('CQRS_TEST_PG_USER', 'cqrs'),
+    'password': os.environ.get('CQRS_TEST_PG_PASSWORD', 'cqrs'),
+}
 RABBIT = 'dj_cqrs.transport.RabbitMQTransport'
 KOMBU = 'dj_cqrs.transport.KombuTransport'
 
@@ -36,6 +43,61 @@ def wait_for(predicate, timeout=30.0, interval=0.05, message='condition'):
         if time.monotonic() > deadline:
             pytest.fail(f'timed out after {timeout} s waiting for {message}')
         time.sleep(interval)
+
+
+def wait_equal(expected, actual, timeout=60.0, message='the two sides to be equal'):
+    """Wait until ``actual()`` equals ``expected()``; fail showing both (and what differs)."""
+    state = {}
+
+    def equal():
+        state['expected'], state['actual'] = expected(), actual()
+        return state['expected'] == state['actual']
+
+    deadline = time.monotonic() + timeout
+    while not equal():
+        if time.monotonic() > deadline:
+            want, got = state['expected'], state['actual']
+            if isinstance(want, list | set) and isinstance(got, list | set):
+                detail = (
+                    f'missing {sorted(set(want) - set(got))[:10]}, '
+                    f'unexpected {sorted(set(got) - set(want))[:10]}'
+                )
+            else:
+                detail = f'expected {want!r}, got {got!r}'
+            pytest.fail(f'timed out after {timeout} s waiting for {message}: {detail}')
+        time.sleep(0.1)
+    return state['actual']
+
+
+def handles_signal(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has installed a handler for ``signum`` (``SigCgt`` in /proc)."""
+    try:
+        status = Path(f'/proc/{pid}/status').read_text()
+    except OSError:
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith('SigCgt:'))
+    return bool(int(caught.split()[1], 16) & (1 << (signum - 1)))
+
+
+@contextmanager
+def sqlite_write_lock(path: Path):
+    """Hold the write lock of the SQLite database ``path`` (``BEGIN IMMEDIATE``) until exit."""
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        connection.execute('BEGIN IMMEDIATE')
+        yield connection
+    finally:
+        if connection.in_transaction:
+            connection.execute('ROLLBACK')
+        connection.close()
+
+
+def _pg_admin(statement: str) -> None:
+    """Run CREATE / DROP DATABASE on the PostgreSQL server of the broker tests."""
+    import psycopg
+
+    with psycopg.connect(dbname='postgres', autocommit=True, **PG_SERVER) as connection:
+        connection.execute(statement)
 
 
 @pytest.fixture(scope='session')
@@ -177,13 +239,70 @@ class ReplicaService:
     def count(self, table: str = 'dj_replica_simplestreplica') -> int:
         return self.query(f'SELECT COUNT(*) FROM {table}')[0][0]
 
+    def extend_settings(self, code: str) -> ReplicaService:
+        """Run this service's commands with ``tests.settings_broker`` followed by ``code``.
+
+        ``code`` is Python run at the end of a settings module of this service's own, e.g.
+        ``"CQRS['master']['outbox'] = True"``; it applies to the next ``manage`` / ``start``.
+        """
+        module = f'settings_{self.db_path.stem.replace("-", "_")}'
+        (self.db_path.parent / f'{module}.py').write_text(
+            f'from tests.settings_broker import *  # noqa: F403\n\n{code}\n'
+        )
+        self.env['PYTHONPATH'] = os.pathsep.join((str(ROOT), str(self.db_path.parent)))
+        self.env['DJANGO_SETTINGS_MODULE'] = module
+        return self
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        """Start ``manage.py <args>`` in the background, its output going to ``log()``."""
+        with self.log_path.open('a') as log:
+            return subprocess.Popen(
+                [sys.executable, '-m', 'django', *args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def drop(self) -> None:
+        """Remove the service's database (the SQLite file goes with ``tmp_path``)."""
+
+
+class PostgresReplicaService(ReplicaService):
+    """A replica service whose database is a PostgreSQL database of its own.
+
+    The server is the one of ``tests.settings_pg`` (``CQRS_TEST_PG_*`` variables); the
+    database is created here and dropped by ``drop()``.
+    """
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.pg_name = f'cqrs_transport_{uuid.uuid4().hex[:12]}'
+        _pg_admin(f'CREATE DATABASE {self.pg_name}')
+        super().__init__(
+            tmp_path,
+            {**env, 'CQRS_TEST_DB_ENGINE': 'postgresql', 'CQRS_TEST_DB_NAME': self.pg_name},
+        )
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(dbname=self.pg_name, autocommit=True, **PG_SERVER) as connection:
+            return connection.execute(sql.replace('?', '%s'), params).fetchall()
+
+    def drop(self) -> None:
+        _pg_admin(f'DROP DATABASE IF EXISTS {self.pg_name} WITH (FORCE)')
+
 
 @pytest.fixture
 def replica_service(tmp_path, names, amqp_url):
-    """Factory of replica services sharing this test's exchange; all stopped at the end."""
+    """Factory of replica services sharing this test's exchange; all stopped at the end.
+
+    ``vendor='postgresql'`` gives the service a PostgreSQL database of its own (dropped at the
+    end) instead of an SQLite file.
+    """
     services: list[ReplicaService] = []
 
-    def make(transport=RABBIT, url=None, queue=None, **env: str) -> ReplicaService:
+    def make(transport=RABBIT, url=None, queue=None, vendor='sqlite', **env: str) -> ReplicaService:
         service_env = {
             'CQRS_TEST_TRANSPORT': transport,
             'CQRS_TEST_URL': url or amqp_url,
@@ -194,13 +313,15 @@ def replica_service(tmp_path, names, amqp_url):
         }
         if queue and queue != names['queue']:
             names.setdefault('extra_queues', []).extend([queue, f'dead_letter_{queue}'])
-        service = ReplicaService(tmp_path, service_env)
+        kind = PostgresReplicaService if vendor == 'postgresql' else ReplicaService
+        service = kind(tmp_path, service_env)
         services.append(service)
         return service
 
     yield make
     for service in services:
         service.stop()
+        service.drop()
 
 
 @pytest.fixture(scope='module')
