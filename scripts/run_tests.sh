@@ -14,15 +14,19 @@ PY42=${PY42:-.venv-django42/bin/python}
 scripts/services.sh up || exit 1
 trap 'scripts/services.sh down' EXIT
 mkdir -p .run
-rm -f .run/coverage.*
+rm -f .run/coverage.* .run/evidence.*
+# tests/_evidence.py records what each passed test ran against (broker, PostgreSQL, browser).
+EVIDENCE=(-p tests._evidence)
 
 postgres_run() {
   echo "== core suite on PostgreSQL =="
-  COVERAGE_FILE=.run/coverage.pg "$PY" -m pytest tests --ignore=tests/transport \
-    --ds=tests.settings_pg --cov=dj_cqrs --cov-report= "$@" || return 1
+  CQRS_TEST_EVIDENCE=.run/evidence.pg.jsonl COVERAGE_FILE=.run/coverage.pg "$PY" -m pytest \
+    tests --ignore=tests/transport --ds=tests.settings_pg --cov=dj_cqrs --cov-report= \
+    "${EVIDENCE[@]}" "$@" || return 1
   echo "== multi-service integration tests on PostgreSQL, with RabbitMQ =="
-  CQRS_TEST_DB_VENDOR=postgresql COVERAGE_FILE=.run/coverage.it-pg "$PY" -m pytest \
-    integration_tests --cov=dj_cqrs --cov-report= "$@" || return 1
+  CQRS_TEST_DB_VENDOR=postgresql CQRS_TEST_EVIDENCE=.run/evidence.it-pg.jsonl \
+    COVERAGE_FILE=.run/coverage.it-pg "$PY" -m pytest integration_tests --cov=dj_cqrs \
+    --cov-report= "${EVIDENCE[@]}" "$@" || return 1
 }
 
 django42_run() {
@@ -32,7 +36,8 @@ django42_run() {
     return 1
   fi
   "$PY42" -m django --version
-  "$PY42" -m pytest tests --ignore=tests/transport "$@"
+  CQRS_TEST_EVIDENCE=.run/evidence.django42.jsonl "$PY42" -m pytest tests \
+    --ignore=tests/transport "${EVIDENCE[@]}" "$@"
 }
 
 postgres_run "$@" >.run/postgres-tests.log 2>&1 &
@@ -42,8 +47,8 @@ django42_pid=$!
 
 status=0
 echo "== suite and multi-service integration tests on SQLite, with RabbitMQ and Redis =="
-COVERAGE_FILE=.run/coverage.sqlite "$PY" -m pytest tests integration_tests \
-  --cov=dj_cqrs --cov-report= "$@" || status=1
+CQRS_TEST_EVIDENCE=.run/evidence.sqlite.jsonl COVERAGE_FILE=.run/coverage.sqlite "$PY" -m pytest \
+  tests integration_tests --cov=dj_cqrs --cov-report= "${EVIDENCE[@]}" "$@" || status=1
 
 wait "$postgres_pid" || status=1
 cat .run/postgres-tests.log
@@ -53,4 +58,6 @@ cat .run/django42-tests.log
 echo "== coverage of dj_cqrs, all runs =="
 "$PY" -m coverage combine -q .run/coverage.sqlite .run/coverage.pg .run/coverage.it-pg
 "$PY" -m coverage report
+echo "== what the tests ran against =="
+"$PY" scripts/test_summary.py .run/evidence.*.jsonl || status=1
 exit $status

@@ -20,6 +20,8 @@ import pika
 import pytest
 from django.test import override_settings
 
+from tests._evidence import touched
+
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URL = os.environ.get('CQRS_TEST_AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672/%2F')
 REDIS_URL = os.environ.get('CQRS_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')
@@ -276,6 +278,7 @@ class PostgresReplicaService(ReplicaService):
     """
 
     def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        touched('postgresql')
         self.pg_name = f'cqrs_transport_{uuid.uuid4().hex[:12]}'
         _pg_admin(f'CREATE DATABASE {self.pg_name}')
         super().__init__(
