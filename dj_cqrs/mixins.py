@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttrib
 from django.db.models.query_utils import DeferredAttribute
 from django.utils.functional import classproperty
 from django.utils.module_loading import import_string
+from model_utils.tracker import DescriptorWrapper, FieldTracker
 
 from dj_cqrs import _on_commit
 from dj_cqrs.conf import cqrs_settings
@@ -342,6 +344,13 @@ _SERIALIZATION_HOOKS = (
 )
 
 
+# The code of the ``__init__`` wrapper that the field tracker (``CQRS_TRACKED_FIELDS``)
+# installs: it only starts tracking, after the model's own ``__init__``.
+_TRACKER_INIT_CODES = frozenset(
+    code for code in FieldTracker.patch_init.__code__.co_consts if isinstance(code, types.CodeType)
+)
+
+
 def _default_serialization(model_cls: type) -> bool:
     return all(
         _function(model_cls, name) is _function(RawMasterMixin, name)
@@ -351,7 +360,10 @@ def _default_serialization(model_cls: type) -> bool:
 
 def _function(owner: type, name: str) -> Any:
     attribute = getattr(owner, name)
-    return getattr(attribute, '__func__', attribute)
+    function = getattr(attribute, '__func__', attribute)
+    while getattr(function, '__code__', None) in _TRACKER_INIT_CODES:
+        function = function.__wrapped__
+    return function
 
 
 def _plain_field(model_cls: type, field: Any) -> bool:
@@ -360,10 +372,11 @@ def _plain_field(model_cls: type, field: Any) -> bool:
         return False
     for klass in model_cls.__mro__:
         if field.attname in klass.__dict__:
-            return type(klass.__dict__[field.attname]) in (
-                DeferredAttribute,
-                ForeignKeyDeferredAttribute,
-            )
+            descriptor = klass.__dict__[field.attname]
+            # The tracker's wrapper returns the wrapped descriptor's value.
+            while isinstance(descriptor, DescriptorWrapper):
+                descriptor = descriptor.descriptor
+            return type(descriptor) in (DeferredAttribute, ForeignKeyDeferredAttribute)
     return False
 
 
