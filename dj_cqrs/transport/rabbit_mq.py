@@ -10,12 +10,15 @@ from __future__ import annotations
 import atexit
 import os
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pika
+import pika.frame
+import pika.spec
 import ujson
 from pika import exceptions as pika_exceptions
 
@@ -53,6 +56,7 @@ _UNREACHABLE_PAUSE = 1.0
 _REFUSED_RETRY_MIN = 0.1
 _REFUSED_RETRY_MAX = 30.0
 _REFUSED_REPORT_EVERY = 60.0
+_BODY_SIZE = struct.Struct('>Q')
 
 
 def connection_parameters() -> pika.ConnectionParameters:
@@ -102,6 +106,13 @@ def produced_routing_key(payload: TransportPayload) -> str:
     if payload.signal_type == SignalType.SYNC and payload.queue:
         return f'cqrs.{payload.queue}.{payload.cqrs_id}'
     return payload.cqrs_id
+
+
+def _writes_frames(connection: pika.BlockingConnection) -> bool:
+    """Whether pika's connection takes marshalled frames (pika 1.x): else messages are
+    published one ``basic_publish`` at a time."""
+    impl = getattr(connection, '_impl', None)
+    return hasattr(impl, '_output_marshaled_frames') and hasattr(impl, '_body_max_length')
 
 
 def _abandon(connection: pika.BlockingConnection) -> None:
@@ -250,19 +261,18 @@ class _Publisher:
         return len(self._unconfirmed) + len(self._nacked)
 
     def _publish_batch(self, messages: list[_Message], sent: list[int]) -> None:
-        """Publish ``messages[sent[0]:]``, counting in ``sent[0]``.
-
-        All but the last are only buffered; publishing the last one writes them all out.
-        """
+        """Publish ``messages[sent[0]:]``, counting in ``sent[0]``: their AMQP frames are
+        written to the socket together."""
         self._ensure_open(fail_fast=any(m.on_delivery is not None for m in messages))
         pending = messages[sent[0] :]
-        if pending:
-            buffered = self._channel._impl.basic_publish
-            for message in pending[:-1]:
-                self._basic_publish(message, buffered)
+        if len(pending) == 1 or not _writes_frames(self._connection):
+            for message in pending:
+                self._basic_publish(message)
                 sent[0] += 1
-            self._basic_publish(pending[-1])
-            sent[0] += 1
+        elif pending:
+            self._write_frames(pending)
+            sent[0] += len(pending)
+            self._connection.process_data_events(time_limit=0)  # writes them out
         previous = self._published
         self._published += len(pending)
         if self._nacked or self._published // _DISPATCH_EVERY != previous // _DISPATCH_EVERY:
@@ -270,6 +280,51 @@ class _Publisher:
             self._republish_nacked()
         if len(self._unconfirmed) > _MAX_UNCONFIRMED:
             self.flush()
+
+    def _write_frames(self, messages: list[_Message]) -> None:
+        """Buffer the frames ``basic_publish`` would send for each message, as one write.
+
+        The method frame of a routing key and the properties of a header frame are marshalled
+        once (by pika); only the body size and the body differ from one message to the next.
+        """
+        channel = self._channel._impl
+        if not channel.is_open:
+            raise pika_exceptions.ChannelWrongStateError('Channel is closed.')
+        number = channel.channel_number
+        connection = self._connection._impl
+        max_body = connection._body_max_length
+        methods: dict[tuple[str, str], bytes] = {}
+        headers: dict[int, bytes] = {}
+        frames = []
+        tags = []
+        for message in messages:
+            key = (message.exchange, message.routing_key)
+            method = methods.get(key)
+            if method is None:
+                publish = pika.spec.Basic.Publish(
+                    exchange=message.exchange, routing_key=message.routing_key, mandatory=True
+                )
+                method = methods[key] = pika.frame.Method(number, publish).marshal()
+            header = headers.get(id(message.properties))
+            if header is None:
+                header = pika.frame.Header(number, 0, message.properties).marshal()
+                headers[id(message.properties)] = header
+            body = message.body
+            frames.append(method)
+            # The body size is the 8 bytes after the frame header, class id and weight.
+            frames.append(header[:11] + _BODY_SIZE.pack(len(body)) + header[19:])
+            for start in range(0, len(body), max_body):
+                frames.append(pika.frame.Body(number, body[start : start + max_body]).marshal())
+            if self._confirms:
+                self._next_tag += 1
+                self._unconfirmed[self._next_tag] = message
+                tags.append(self._next_tag)
+        try:
+            connection._output_marshaled_frames([b''.join(frames)])
+        except BaseException:
+            for tag in tags:
+                self._unconfirmed.pop(tag, None)
+            raise
 
     def _basic_publish(self, message: _Message, publish: Any = None) -> None:
         if self._confirms:

@@ -20,6 +20,8 @@ from dj_cqrs.utils import get_message_expiration_dt
 
 DEFAULT_BATCH = 10000
 DEFAULT_PROGRESS = False
+# SYNCs handed to the transport at once: the broker works on a chunk while the next is built.
+_PUBLISH_CHUNK = 1000
 
 
 class Command(CQRSCommand):
@@ -120,7 +122,7 @@ def _bulk_sync(model: type, to_payload: _RowPayloads, write) -> Callable:
     publishes = bool(model.CQRS_PRODUCE)
 
     def sync_page(page, connection) -> tuple[int, int]:
-        processed = 0
+        processed = synced = 0
         payloads = []
         for row in page:
             processed += 1
@@ -128,14 +130,20 @@ def _bulk_sync(model: type, to_payload: _RowPayloads, write) -> Callable:
                 payloads.append(to_payload(row))
             except Exception as exc:
                 _failed(write, row[-1], exc)
+            if len(payloads) == _PUBLISH_CHUNK:
+                synced += hand_over(payloads)
+                payloads = []
+        return processed, synced + hand_over(payloads)
+
+    def hand_over(payloads: list[TransportPayload]) -> int:
         if not publishes or not payloads:
-            return processed, len(payloads)
+            return len(payloads)
         try:
             producer.produce_many(payloads)
         except Exception:
             # One of them cannot be sent: one at a time, to report it as the row it is.
-            return processed, _produce_each(payloads, write)
-        return processed, len(payloads)
+            return _produce_each(payloads, write)
+        return len(payloads)
 
     return sync_page
 
