@@ -4,7 +4,9 @@
 
 Starts what it needs (``scripts/services.sh up rabbitmq``), runs each command as its own
 process on SQLite files in a temporary directory and prints one JSON line: rows/s per command
-and size, and the peak memory (max RSS) of each dump.
+and size (command wall time less the start-up of a command that does nothing), the peak
+memory (max RSS) of each dump, and the dump's rate in process (``call_command`` in a warm
+process, median of several rounds: the read and serialization alone).
 """
 
 from __future__ import annotations
@@ -45,6 +47,34 @@ def _manage(env: dict[str, str], *args: str, stdout=subprocess.DEVNULL) -> tuple
     if process.returncode:
         raise RuntimeError(f'{args[0]} failed with {process.returncode}')
     return elapsed, usage.ru_maxrss
+
+
+_IN_PROCESS_DUMP = """
+import io, statistics, sys, time
+import django
+django.setup()
+from django.core.management import call_command
+path, rounds = sys.argv[1], int(sys.argv[2])
+times = []
+for _ in range(rounds + 1):
+    start = time.perf_counter()
+    call_command('cqrs_bulk_dump', '-c', 'bench', '-o', path, '-f', stderr=io.StringIO())
+    times.append(time.perf_counter() - start)
+print(statistics.median(times[1:]))
+"""
+
+
+def _dump_in_process(env: dict[str, str], path: Path, rounds: int = 5) -> float:
+    """Median seconds of ``cqrs_bulk_dump`` called in a process that already dumped once."""
+    done = subprocess.run(
+        [sys.executable, '-c', _IN_PROCESS_DUMP, str(path), str(rounds)],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def _fill_master(db: Path, rows: int) -> None:
@@ -108,6 +138,8 @@ def main() -> None:
             seconds, rss = _manage(master, 'cqrs_bulk_dump', '--cqrs-id', 'bench', '-o', str(dump))
             result[f'dump_rows_per_s_{rows}'] = round(rows / max(seconds - startup, 1e-6))
             result[f'dump_peak_rss_mib_{rows}'] = round(rss / 1024, 1)
+            seconds = _dump_in_process(master, Path(tmp) / f'bench-{rows}-in-process.dump')
+            result[f'dump_in_process_rows_per_s_{rows}'] = round(rows / seconds)
             seconds, _ = _manage(replica, 'cqrs_bulk_load', '-i', str(dump), '-c')
             result[f'load_rows_per_s_{rows}'] = round(rows / max(seconds - startup, 1e-6))
         if len(args.sizes) >= 2:

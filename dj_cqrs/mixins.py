@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
 from typing import Any
 
-from django.db import router, transaction
+from django.db import models, router, transaction
 from django.db.models import DateTimeField, F, IntegerField, Manager, Model, QuerySet
 from django.db.models.expressions import Combinable
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
 from django.utils.functional import classproperty
 from django.utils.module_loading import import_string
+from model_utils.tracker import DescriptorWrapper, FieldTracker
 
 from dj_cqrs import _on_commit
 from dj_cqrs.conf import cqrs_settings
@@ -237,6 +242,36 @@ class RawMasterMixin(Model):
         data['cqrs_updated'] = str(self.cqrs_updated)
         return data
 
+    @classmethod
+    def _cqrs_row_serialization(cls) -> tuple[list[str], Callable[[tuple], dict]] | None:
+        """How to serialize rows without instances, when the model's serialization allows it.
+
+        Returns ``(columns, serialize)``: ``serialize(row)`` turns a row of
+        ``values_list(*columns)`` into the dict ``to_cqrs_dict()`` returns for the instance
+        of that row (the primary key is the last column). None when the model has a
+        ``CQRS_SERIALIZER`` or overrides how its instances are built or serialized: then
+        only instances give the right data.
+        """
+        if cls.CQRS_SERIALIZER or not _default_serialization(cls):
+            return None
+        fields = cls._cqrs_serialized_fields()
+        if not all(_plain_field(cls, field) for field in fields):
+            return None
+        names = [field.name for field in fields]
+        converted = [
+            (index, field.name, str if field.name == 'cqrs_updated' else get_json_valid_value)
+            for index, field in enumerate(fields)
+            if field.name == 'cqrs_updated' or type(field) not in _VERBATIM_FIELDS
+        ]
+
+        def serialize(row: tuple) -> dict:
+            data = dict(zip(names, row, strict=False))  # the last column is the pk
+            for index, name, convert in converted:
+                data[name] = convert(row[index])
+            return data
+
+        return [field.attname for field in fields] + [cls._meta.pk.attname], serialize
+
     def _refresh_f_expr_values(self, using: str | None) -> None:
         stale = [
             f.attname
@@ -270,6 +305,79 @@ class RawMasterMixin(Model):
                 collected.setdefault(name, value)
         else:
             self.__dict__[TRACKED_FIELDS_ATTR_NAME] = changed
+
+
+# Field classes whose values are never dates, times or UUIDs: sent as read.
+_VERBATIM_FIELDS = frozenset(
+    {
+        models.AutoField,
+        models.BigAutoField,
+        models.SmallAutoField,
+        models.IntegerField,
+        models.BigIntegerField,
+        models.SmallIntegerField,
+        models.PositiveIntegerField,
+        models.PositiveBigIntegerField,
+        models.PositiveSmallIntegerField,
+        models.BooleanField,
+        models.FloatField,
+        models.DecimalField,
+        models.CharField,
+        models.TextField,
+        models.SlugField,
+        models.EmailField,
+        models.URLField,
+        models.JSONField,
+    }
+)
+
+# What ``to_cqrs_dict()`` of an instance read from the database depends on: when the model
+# keeps all of these, a row read with ``values_list()`` gives the same dict.
+_SERIALIZATION_HOOKS = (
+    '__init__',
+    'from_db',
+    'to_cqrs_dict',
+    'relate_cqrs_serialization',
+    '_common_serialization',
+    '_cqrs_serialized_fields',
+    '_refresh_f_expr_values',
+)
+
+
+# The code of the ``__init__`` wrapper that the field tracker (``CQRS_TRACKED_FIELDS``)
+# installs: it only starts tracking, after the model's own ``__init__``.
+_TRACKER_INIT_CODES = frozenset(
+    code for code in FieldTracker.patch_init.__code__.co_consts if isinstance(code, types.CodeType)
+)
+
+
+def _default_serialization(model_cls: type) -> bool:
+    return all(
+        _function(model_cls, name) is _function(RawMasterMixin, name)
+        for name in _SERIALIZATION_HOOKS
+    )
+
+
+def _function(owner: type, name: str) -> Any:
+    attribute = getattr(owner, name)
+    function = getattr(attribute, '__func__', attribute)
+    while getattr(function, '__code__', None) in _TRACKER_INIT_CODES:
+        function = function.__wrapped__
+    return function
+
+
+def _plain_field(model_cls: type, field: Any) -> bool:
+    """Whether the instance attribute of ``field`` is the value read from the database."""
+    if type(field).value_from_object is not models.Field.value_from_object:
+        return False
+    for klass in model_cls.__mro__:
+        if field.attname in klass.__dict__:
+            descriptor = klass.__dict__[field.attname]
+            # The tracker's wrapper returns the wrapped descriptor's value.
+            while isinstance(descriptor, DescriptorWrapper):
+                descriptor = descriptor.descriptor
+            return type(descriptor) in (DeferredAttribute, ForeignKeyDeferredAttribute)
+    return False
 
 
 class MasterMixin(RawMasterMixin, metaclass=MasterMeta):

@@ -310,12 +310,13 @@ def test_diff_replica_one_query_per_line(run, django_assert_num_queries):
 
 
 def test_diff_replica_uses_the_replica_pk_name(run):
-    FilteredModel.objects.create(name='a')
+    first = FilteredModel.objects.create(name='a')
     second = FilteredModel.objects.create(name='b')
     MappedReplica.objects.filter(remote_id=second.pk).delete()
     now = header_date()
+    stdin = f'filtered,{now}\n[[{first.pk},0],[{second.pk},0]]\n'
 
-    out, _ = run('cqrs_diff_replica', stdin=f'filtered,{now}\n[[1,0],[{second.pk},0]]\n')
+    out, _ = run('cqrs_diff_replica', stdin=stdin)
 
     assert out == f'filtered,{now},replica\n[{second.pk}]\n'
 

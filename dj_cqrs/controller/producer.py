@@ -9,7 +9,7 @@ the outbox row. ``produce(payload)`` stays the plain hand-over to the transport.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
@@ -35,6 +35,28 @@ _OUTBOX_ATTR = '_cqrs_outbox_ref'
 def produce(payload: TransportPayload) -> Any:
     """Publish ``payload`` through ``settings.CQRS['transport']``; False if it was not sent."""
     return current_transport.produce(payload)
+
+
+def produce_many(payloads: Sequence[TransportPayload]) -> list[Any]:
+    """Publish ``payloads`` in one hand-over to the transport; per payload, what ``produce``
+    returns (one ``produce`` call each for a transport without ``produce_many``)."""
+    many = getattr(current_transport, 'produce_many', None)
+    if many is None or not _sends_as_produce(getattr(many, '__self__', None)):
+        return [produce(payload) for payload in payloads]
+    return many(payloads)
+
+
+def _sends_as_produce(transport: Any) -> bool:
+    """Whether ``transport.produce_many`` is defined where its ``produce`` is or below: a
+    subclass that overrides only ``produce`` gets one ``produce`` call per payload."""
+    if not isinstance(transport, type):
+        return True
+    mro = transport.__mro__
+
+    def depth(name: str) -> int:
+        return next((i for i, cls in enumerate(mro) if name in cls.__dict__), len(mro))
+
+    return depth('produce_many') <= depth('produce')
 
 
 def dispatch(payload: TransportPayload, delivered: Callable[[], Any] | None = None) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dj_cqrs.dataclasses import TransportPayload
@@ -36,6 +36,15 @@ class BaseTransport:
     def produce(payload: TransportPayload) -> Any:
         """Send one payload; ``False`` when it could not be sent."""
         raise NotImplementedError
+
+    @classmethod
+    def produce_many(cls, payloads: Sequence[TransportPayload]) -> list[Any]:
+        """Send payloads in order; per payload, what ``produce`` returned.
+
+        By default one ``produce`` call each; a transport that can send many messages at
+        once overrides it.
+        """
+        return [cls.produce(payload) for payload in payloads]
 
     @staticmethod
     def consume(*args: Any, **kwargs: Any) -> Any:

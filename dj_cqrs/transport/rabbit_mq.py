@@ -10,12 +10,15 @@ from __future__ import annotations
 import atexit
 import os
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pika
+import pika.frame
+import pika.spec
 import ujson
 from pika import exceptions as pika_exceptions
 
@@ -48,6 +51,12 @@ _DISPATCH_EVERY = 64
 # is on) fails at once for this long after a failed connection attempt, instead of making
 # every request wait for its own attempt.
 _UNREACHABLE_PAUSE = 1.0
+# A message refused by the broker is published again after this delay, doubled at each
+# refusal up to the maximum; refusals after the first are summarised this often at most.
+_REFUSED_RETRY_MIN = 0.1
+_REFUSED_RETRY_MAX = 30.0
+_REFUSED_REPORT_EVERY = 60.0
+_BODY_SIZE = struct.Struct('>Q')
 
 
 def connection_parameters() -> pika.ConnectionParameters:
@@ -99,6 +108,13 @@ def produced_routing_key(payload: TransportPayload) -> str:
     return payload.cqrs_id
 
 
+def _writes_frames(connection: pika.BlockingConnection) -> bool:
+    """Whether pika's connection takes marshalled frames (pika 1.x): else messages are
+    published one ``basic_publish`` at a time."""
+    impl = getattr(connection, '_impl', None)
+    return hasattr(impl, '_output_marshaled_frames') and hasattr(impl, '_body_max_length')
+
+
 def _abandon(connection: pika.BlockingConnection) -> None:
     """Close a connection's socket at once: a Close handshake on a dead socket would block."""
     impl = getattr(connection, '_impl', None)
@@ -112,6 +128,28 @@ def _abandon(connection: pika.BlockingConnection) -> None:
             pass
 
 
+class _Message:
+    """One message of the publisher, kept until the broker confirms it."""
+
+    __slots__ = ('exchange', 'routing_key', 'body', 'properties', 'on_delivery', 'refusals', 'due')
+
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Any,
+        on_delivery: DeliveryCallback | None,
+    ) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.body = body
+        self.properties = properties
+        self.on_delivery = on_delivery
+        self.refusals = 0
+        self.due = 0.0
+
+
 class _Publisher:
     """The process's publishing connection and channel.
 
@@ -119,7 +157,10 @@ class _Publisher:
     error. With publisher confirms, each message is kept until the broker confirms it and is
     published again on the next connection if the old one broke first; publishing does not
     wait for the confirm (``flush()`` does). A message's delivery callback is called with True
-    on its confirm.
+    on its confirm. A message the broker refuses (a nack, e.g. a full queue that rejects
+    publishes) is published again after a delay that doubles at each refusal, up to
+    ``_REFUSED_RETRY_MAX`` seconds; the first refusal of a message is logged, later ones only
+    in a periodic summary.
     """
 
     def __init__(self) -> None:
@@ -127,13 +168,14 @@ class _Publisher:
         self._pid: int | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
-        self._unconfirmed: dict[int, tuple] = {}
-        self._nacked: list[tuple] = []
+        self._unconfirmed: dict[int, _Message] = {}
+        self._nacked: list[_Message] = []
         self._next_tag = 0
         self._published = 0
         self._unreachable: str | None = None
         self._unreachable_until = 0.0
         self._confirms = False
+        self._next_refusal_report = 0.0
         self.connections_opened = 0
         atexit.register(self._flush_at_exit)
 
@@ -151,21 +193,38 @@ class _Publisher:
         the confirm), False when confirms are off. A message with ``on_delivery`` fails at once
         while the broker was unreachable a moment ago.
         """
-        message = (exchange, routing_key, body, properties, on_delivery)
+        return self.publish_many([_Message(exchange, routing_key, body, properties, on_delivery)])
+
+    def publish_many(self, messages: list[_Message]) -> bool:
+        """Publish messages in order, written to the socket together; as ``publish``.
+
+        After a connection error the messages not published yet are published on a fresh
+        connection (all of them when confirms are off: those written to the broken one may be
+        lost). When that fails too, none of them is kept for a later connection.
+        """
+        if not messages:
+            return self._confirms
         with self._lock:
             was_open = self._connection is not None and self._pid == os.getpid()
+            sent = [0]
             try:
-                self._publish_once(message)
-            except _CONNECTION_ERRORS as exc:
-                if not was_open:
-                    raise
-                logger.warning(
-                    'CQRS publish to %s failed (%s), retrying on a new connection.',
-                    broker_location(),
-                    type(exc).__name__,
-                )
-                self._drop()
-                self._publish_once(message)
+                try:
+                    self._publish_batch(messages, sent)
+                except _CONNECTION_ERRORS as exc:
+                    if not was_open:
+                        raise
+                    logger.warning(
+                        'CQRS publish to %s failed (%s), retrying on a new connection.',
+                        broker_location(),
+                        type(exc).__name__,
+                    )
+                    self._drop()
+                    if not self._confirms:
+                        sent[0] = 0
+                    self._publish_batch(messages, sent)
+            except _CONNECTION_ERRORS:
+                self._forget(messages)
+                raise
             return self._confirms
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -201,28 +260,97 @@ class _Publisher:
     def unconfirmed_count(self) -> int:
         return len(self._unconfirmed) + len(self._nacked)
 
-    def _publish_once(self, message: tuple) -> None:
-        self._ensure_open(fail_fast=message[4] is not None)
-        self._basic_publish(message)
-        self._published += 1
-        if self._nacked or not self._published % _DISPATCH_EVERY:
+    def _publish_batch(self, messages: list[_Message], sent: list[int]) -> None:
+        """Publish ``messages[sent[0]:]``, counting in ``sent[0]``: their AMQP frames are
+        written to the socket together."""
+        self._ensure_open(fail_fast=any(m.on_delivery is not None for m in messages))
+        pending = messages[sent[0] :]
+        if len(pending) == 1 or not _writes_frames(self._connection):
+            for message in pending:
+                self._basic_publish(message)
+                sent[0] += 1
+        elif pending:
+            self._write_frames(pending)
+            sent[0] += len(pending)
+            self._connection.process_data_events(time_limit=0)  # writes them out
+        previous = self._published
+        self._published += len(pending)
+        if self._nacked or self._published // _DISPATCH_EVERY != previous // _DISPATCH_EVERY:
             self._connection.process_data_events(time_limit=0)
             self._republish_nacked()
         if len(self._unconfirmed) > _MAX_UNCONFIRMED:
             self.flush()
 
-    def _basic_publish(self, message: tuple) -> None:
-        exchange, routing_key, body, properties, _ = message
+    def _write_frames(self, messages: list[_Message]) -> None:
+        """Buffer the frames ``basic_publish`` would send for each message, as one write.
+
+        The method frame of a routing key and the properties of a header frame are marshalled
+        once (by pika); only the body size and the body differ from one message to the next.
+        """
+        channel = self._channel._impl
+        if not channel.is_open:
+            raise pika_exceptions.ChannelWrongStateError('Channel is closed.')
+        number = channel.channel_number
+        connection = self._connection._impl
+        max_body = connection._body_max_length
+        methods: dict[tuple[str, str], bytes] = {}
+        headers: dict[int, bytes] = {}
+        frames = []
+        tags = []
+        for message in messages:
+            key = (message.exchange, message.routing_key)
+            method = methods.get(key)
+            if method is None:
+                publish = pika.spec.Basic.Publish(
+                    exchange=message.exchange, routing_key=message.routing_key, mandatory=True
+                )
+                method = methods[key] = pika.frame.Method(number, publish).marshal()
+            header = headers.get(id(message.properties))
+            if header is None:
+                header = pika.frame.Header(number, 0, message.properties).marshal()
+                headers[id(message.properties)] = header
+            body = message.body
+            frames.append(method)
+            # The body size is the 8 bytes after the frame header, class id and weight.
+            frames.append(header[:11] + _BODY_SIZE.pack(len(body)) + header[19:])
+            for start in range(0, len(body), max_body):
+                frames.append(pika.frame.Body(number, body[start : start + max_body]).marshal())
+            if self._confirms:
+                self._next_tag += 1
+                self._unconfirmed[self._next_tag] = message
+                tags.append(self._next_tag)
+        try:
+            connection._output_marshaled_frames([b''.join(frames)])
+        except BaseException:
+            for tag in tags:
+                self._unconfirmed.pop(tag, None)
+            raise
+
+    def _basic_publish(self, message: _Message, publish: Any = None) -> None:
         if self._confirms:
             # Registered first: the confirm may arrive while basic_publish flushes the socket.
             self._next_tag += 1
             self._unconfirmed[self._next_tag] = message
         try:
-            self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+            (publish or self._channel.basic_publish)(
+                message.exchange,
+                message.routing_key,
+                message.body,
+                message.properties,
+                mandatory=True,
+            )
         except BaseException:
             if self._confirms:
                 self._unconfirmed.pop(self._next_tag, None)
             raise
+
+    def _forget(self, messages: list[_Message]) -> None:
+        """Stop tracking ``messages`` (they are reported as not sent)."""
+        ids = {id(message) for message in messages}
+        self._unconfirmed = {
+            tag: message for tag, message in self._unconfirmed.items() if id(message) not in ids
+        }
+        self._nacked = [message for message in self._nacked if id(message) not in ids]
 
     def _ensure_open(self, fail_fast: bool = False) -> None:
         if self._pid != os.getpid():
@@ -286,21 +414,54 @@ class _Publisher:
         nack = isinstance(method, pika.spec.Basic.Nack)
         for tag in tags:
             message = self._unconfirmed.pop(tag, None)
-            if message is not None and not nack and message[4] is not None:
+            if message is None:
+                continue
+            if nack:
+                self._refused(message)
+            elif message.on_delivery is not None:
                 try:
-                    message[4](True)
+                    message.on_delivery(True)
                 except Exception:
                     logger.exception('CQRS confirm callback failed.')
-            if nack and message is not None:
-                logger.error(
-                    'CQRS message was refused by the broker (routing key %s); publishing again.',
-                    message[1],
-                )
-                self._nacked.append(message)
+
+    def _refused(self, message: _Message) -> None:
+        """Schedule a refused message again, later at each refusal; log it once."""
+        message.refusals += 1
+        delay = min(_REFUSED_RETRY_MAX, _REFUSED_RETRY_MIN * 2 ** (message.refusals - 1))
+        now = time.monotonic()
+        message.due = now + delay
+        self._nacked.append(message)
+        if message.refusals == 1:
+            logger.error(
+                'CQRS message was refused by the broker (routing key %s); '
+                'publishing it again later.',
+                message.routing_key,
+            )
+        elif now >= self._next_refusal_report:
+            self._next_refusal_report = now + _REFUSED_REPORT_EVERY
+            logger.warning(
+                'CQRS: %s message(s) are still refused by the broker (routing key %s); '
+                'publishing them again every %s s at most.',
+                len(self._nacked),
+                message.routing_key,
+                _REFUSED_RETRY_MAX,
+            )
 
     def _republish_nacked(self) -> None:
-        while self._nacked:
-            self._basic_publish(self._nacked.pop(0))
+        """Publish again the refused messages whose delay is over."""
+        if not self._nacked:
+            return
+        now = time.monotonic()
+        due = [message for message in self._nacked if message.due <= now]
+        if not due:
+            return
+        self._nacked = [message for message in self._nacked if message.due > now]
+        try:
+            while due:
+                self._basic_publish(due[0])
+                due.pop(0)
+        finally:
+            self._nacked.extend(due)
 
     @staticmethod
     def _on_return(channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -314,7 +475,7 @@ class _Publisher:
         )
 
     def _flush_at_exit(self) -> None:
-        if self._pid == os.getpid() and self._unconfirmed and not self.flush(timeout=5):
+        if self._pid == os.getpid() and self.unconfirmed_count and not self.flush(timeout=5):
             logger.error(
                 'CQRS: %s published messages were not confirmed by the broker at exit.',
                 self.unconfirmed_count,
@@ -336,30 +497,46 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         The payload's delivery callback is called on the broker's confirm (at once when
         publisher confirms are off).
         """
-        routing_key = produced_routing_key(payload)
-        body = ujson.dumps(payload.to_dict()).encode()
-        on_delivery = cls.delivery_callback(payload)
+        return cls.produce_many([payload])[0]
+
+    @classmethod
+    def produce_many(cls, payloads: Sequence[TransportPayload]) -> list[bool]:
+        """Publish payloads in order, written to the broker together; per payload, as
+        ``produce``.
+
+        Every body is encoded before anything is sent: a payload that cannot be encoded
+        raises and none of them is published.
+        """
+        properties = message_properties()
+        exchange = cqrs_settings.exchange
+        messages = [
+            _Message(
+                exchange,
+                produced_routing_key(payload),
+                ujson.dumps(payload.to_dict()).encode(),
+                properties,
+                cls.delivery_callback(payload),
+            )
+            for payload in payloads
+        ]
         try:
-            confirmed = cls._publisher.publish(
-                cqrs_settings.exchange,
-                routing_key,
-                body,
-                message_properties(),
-                on_delivery=on_delivery,
-            )
-            if on_delivery is not None and not confirmed:
-                on_delivery(True)
+            confirmed = cls._publisher.publish_many(messages)
         except _CONNECTION_ERRORS as exc:
-            logger.error(
-                "CQRS couldn't be published: pk = %s (%s). Error: %s, broker %s.",
-                payload.pk,
-                payload.cqrs_id,
-                type(exc).__name__,
-                broker_location(),
-            )
-            return False
-        cls.log_produced(payload)
-        return True
+            location = broker_location()
+            for payload in payloads:
+                logger.error(
+                    "CQRS couldn't be published: pk = %s (%s). Error: %s, broker %s.",
+                    payload.pk,
+                    payload.cqrs_id,
+                    type(exc).__name__,
+                    location,
+                )
+            return [False] * len(messages)
+        for payload, message in zip(payloads, messages, strict=True):
+            if message.on_delivery is not None and not confirmed:
+                message.on_delivery(True)
+            cls.log_produced(payload)
+        return [True] * len(messages)
 
     @classmethod
     def flush(cls, timeout: float = 10.0) -> bool:

@@ -166,3 +166,30 @@ class TrackedAllModel(MasterMixin):
 
     name = models.CharField(max_length=200, null=True)
     amount = models.DecimalField(max_digits=10, decimal_places=2, null=True)
+
+
+class AllTypesModel(MasterMixin):
+    """One column of every field type the rows of ``cqrs_sync`` / ``cqrs_bulk_dump`` are read
+    without instances for (issue 10 item 2); no replica."""
+
+    CQRS_ID = 'all_types'
+
+    big = models.BigIntegerField(null=True)
+    small = models.SmallIntegerField(null=True)
+    positive = models.PositiveIntegerField(null=True)
+    positive_small = models.PositiveSmallIntegerField(null=True)
+    text = models.TextField(null=True)
+    slug = models.SlugField(null=True)
+    email = models.EmailField(null=True)
+    url = models.URLField(null=True)
+    ip = models.GenericIPAddressField(null=True)
+    data = models.JSONField(null=True)
+    created_at = models.DateTimeField(null=True)
+    day = models.DateField(null=True)
+    at_time = models.TimeField(null=True)
+    token = models.UUIDField(null=True)
+    amount = models.DecimalField(max_digits=12, decimal_places=4, null=True)
+    ratio = models.FloatField(null=True)
+    flag = models.BooleanField(null=True)
+    parent = models.ForeignKey(TrackedParent, null=True, on_delete=models.SET_NULL)
+    uuid_parent = models.ForeignKey(UUIDPkModel, null=True, on_delete=models.SET_NULL)

@@ -57,18 +57,42 @@ class Command(CQRSCommand):
         line.begin(batch_size)
         write(model.CQRS_ID)
         processed = saved = 0
-        using = queryset.db
-        for page in batch_qs(queryset, batch_size):
+        pages, serialize, pk_of = _dump_reader(model, queryset, batch_size)
+        dumps = ujson.dumps
+        for page in pages:
             line.batch_started(processed)
             lines = []
-            for instance in page:
+            for item in page:
                 processed += 1
                 try:
-                    lines.append(ujson.dumps(instance.to_cqrs_dict(using, sync=True)))
+                    lines.append(dumps(serialize(item)))
                 except Exception as exc:
-                    err(f'\nDump record failed for pk={instance.pk}: {type(exc).__name__}: {exc}\n')
+                    err(f'\nDump record failed for pk={pk_of(item)}: {type(exc).__name__}: {exc}\n')
             if lines:
                 write('\n' + '\n'.join(lines))
             saved += len(lines)
             line.batch_done(processed)
         err(f'Done!\n{saved} instance(s) saved.\n{processed} instance(s) processed.\n')
+
+
+def _dump_reader(model, queryset, batch_size: int):
+    """The pages of ``queryset`` and how to serialize and name one of their items.
+
+    Rows are read with ``values_list()`` and serialized without instances when the model's
+    serialization allows it (same dict as ``to_cqrs_dict``); otherwise instances are read
+    (with ``relate_cqrs_serialization``) and serialized by ``to_cqrs_dict``.
+    """
+    fast = model._cqrs_row_serialization()
+    if fast is None:
+        using = queryset.db
+        return (
+            batch_qs(queryset, batch_size),
+            lambda instance: instance.to_cqrs_dict(using, sync=True),
+            lambda instance: instance.pk,
+        )
+    columns, serialize = fast
+    return batch_qs(queryset.values_list(*columns), batch_size), serialize, _last_column
+
+
+def _last_column(row: tuple):
+    return row[-1]
