@@ -53,17 +53,13 @@ EXPIRES_FORMAT = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\+00:00|Z)?$')
 
 
 def settle_publisher(timeout: float = 10) -> None:
-    """Leave this process's publisher as the next test expects to find it.
+    """Wait for the broker's confirms of what this process published.
 
     Unconfirmed messages are kept for the next connection: left over, they would be published
-    again into the next test, whose exchange differs; so wait for the confirms. And a failed
-    connection attempt makes publishing fail at once for a moment afterwards, whatever the URL
-    of the next test; forget it.
+    again into the next test, whose exchange differs. (The conftest ``master`` fixture then
+    resets the publisher's connection state.)
     """
     RabbitMQTransport.flush(timeout=timeout)
-    publisher = RabbitMQTransport._publisher
-    if hasattr(publisher, '_unreachable_until'):
-        publisher._unreachable_until = 0.0
 
 
 class Broker:
