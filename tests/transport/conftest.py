@@ -7,6 +7,7 @@ be reached fails the test run; nothing here is skipped.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -119,6 +120,15 @@ def bodies_before_marker(channel, exchange: str, queue: str, timeout: float = 30
     return bodies
 
 
+def received_pks(log: str, pid: int) -> list[int]:
+    """pks that worker ``pid`` logged as received (INFO log of ``tests.settings_broker``).
+
+    A worker logs "CQRS is received" as it starts applying a message, before its write.
+    """
+    pattern = rf'^\S+ \S+ {pid} INFO CQRS is received: pk = (\d+) '
+    return [int(pk) for pk in re.findall(pattern, log, re.MULTILINE)]
+
+
 def handles_signal(pid: int, signum: int) -> bool:
     """Whether process ``pid`` has installed a handler for ``signum`` (``SigCgt`` in /proc)."""
     try:
@@ -208,6 +218,7 @@ def master(names, amqp_url):
 
     The publisher starts and ends fresh (``reset_publisher``): no state leaks between tests.
     """
+
     def configure(transport=RABBIT, url=None, **replica):
         settings = cqrs_settings_for(transport, url or amqp_url, names, **replica)
         override = override_settings(CQRS=settings)

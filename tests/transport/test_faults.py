@@ -10,14 +10,13 @@ row: ``(id, cqrs_revision)``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Iterable
 
@@ -31,7 +30,12 @@ from django.test import override_settings
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import queue_depth, wait_for
+from tests.transport.conftest import (
+    queue_depth,
+    received_pks,
+    sqlite_write_lock,
+    wait_for,
+)
 from tests.transport.private_broker import port_open
 
 SIMPLEST = 'dj_replica_simplestreplica'
@@ -220,30 +224,29 @@ def test_sigkilled_worker_loses_nothing(master, replica_service):
     replica.wait_ready()
     (victim,) = wait_for(lambda: worker_pids(replica), 10, message='the worker pid')
 
-    killed: dict[str, int] = {}
-    stop = threading.Event()
-
-    def kill_in_the_middle():
-        while not stop.is_set():
-            count = replica.count()
-            if count >= total:
-                killed['too_late'] = count
-                return
-            if count >= 1:
-                os.kill(victim, signal.SIGKILL)
-                killed['at'] = count
-                return
-            time.sleep(0.002)
-
-    killer = threading.Thread(target=kill_in_the_middle, daemon=True)
-    killer.start()
+    # Ten rows applied. Then, with the worker frozen (SIGSTOP), the rest is queued; it resumes
+    # against a locked replica database (a slow database), so it is killed while it holds
+    # received, unapplied, unacknowledged messages, whatever the speed of the machine.
+    create_in_transactions(list(range(1, 11)), 1)
+    wait_for(lambda: replica.count() == 10, 30, message='the first ten rows applied')
+    os.kill(victim, signal.SIGSTOP)
     try:
-        create_in_transactions(list(range(1, total + 1)), 5)
-        killer.join(60)
+        create_in_transactions(list(range(11, total + 1)), 5)
+        assert RabbitMQTransport.flush(timeout=60)
+        with sqlite_write_lock(replica.db_path):
+            os.kill(victim, signal.SIGCONT)
+            wait_for(
+                lambda: any(pk > 10 for pk in received_pks(replica.log(), victim)),
+                30,
+                message='the worker applying messages of the rest of the stream',
+            )
+            os.kill(victim, signal.SIGKILL)
     finally:
-        stop.set()
-    assert 'at' in killed, f'the worker was not killed in the middle: {killed}'
-    print(f'worker {victim} SIGKILLed with {killed["at"]} of {total} rows on the replica')
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
+    killed_at = replica.count()
+    assert killed_at == 10
+    print(f'worker {victim} SIGKILLed with {killed_at} of {total} rows on the replica')
 
     wait_for(lambda: 'exited with code' in replica.log(), 30, message='the supervisor noticing')
     replica.wait_ready(workers=2, timeout=60)
@@ -255,70 +258,41 @@ def test_sigkilled_worker_loses_nothing(master, replica_service):
 # --- 4: RabbitMQ restarts while a worker consumes --------------------------------------------
 
 
-class ReplicaWriteLock:
-    """Holds the write lock of a replica's SQLite file from the moment it has ``at_least`` rows.
-
-    A worker then stops in the middle of a batch (busy-waiting on the lock, its deliveries
-    unacknowledged) until ``release()``: a slow database, which keeps the stream in flight
-    while the broker goes away.
-    """
-
-    def __init__(self, replica, at_least: int, total: int) -> None:
-        self.connection = sqlite3.connect(
-            replica.db_path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self.at_least, self.total = at_least, total
-        self.locked_at: int | None = None
-        self.too_late: int | None = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self.done.is_set():
-                count = self.connection.execute(f'SELECT COUNT(*) FROM {SIMPLEST}').fetchone()[0]
-                if count >= self.total:
-                    self.too_late = count
-                    return
-                if count >= self.at_least:
-                    self.connection.execute('BEGIN IMMEDIATE')
-                    self.locked_at = count
-                    return
-                time.sleep(0.002)
-        finally:
-            self.done.set()
-
-    def release(self) -> None:
-        self.done.set()
-        self.thread.join(35)
-        if self.connection.in_transaction:
-            self.connection.execute('ROLLBACK')
-        self.connection.close()
-
-
 @pytest.mark.django_db(transaction=True)
-def test_worker_reconnects_after_a_broker_restart(master, broker, replica_service):
+def test_worker_reconnects_after_a_broker_restart(master, names, broker, replica_service):
     master(url=broker.url)
     replica = replica_service(url=broker.url).start('-w', '1')
     replica.wait_ready()
     (worker,) = wait_for(lambda: worker_pids(replica), 10, message='the worker pid')
 
-    lock = ReplicaWriteLock(replica, at_least=1, total=1500)
-    try:
-        create_in_transactions(list(range(1, 1501)), 3)
-        wait_for(lock.done.is_set, 60, message='the replica starting to apply the stream')
-        assert lock.locked_at is not None, f'all {lock.too_late} rows applied before the lock'
+    # Ten rows applied; then the replica database is locked (a slow database) while the rest
+    # is published: the worker stops in the middle of a batch, its deliveries unacknowledged,
+    # when the broker goes away.
+    create_in_transactions(list(range(1, 11)), 1)
+    wait_for(lambda: replica.count() == 10, 30, message='the first ten rows applied')
+    with sqlite_write_lock(replica.db_path):
+        create_in_transactions(list(range(11, 1501)), 3)
+        assert RabbitMQTransport.flush(timeout=30)
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        try:
+            # The worker holds its prefetch (delay queue size + 1 = 1001) of the 1490 messages.
+            wait_for(
+                lambda: queue_depth(connection.channel(), names['queue']) == 1490 - 1001,
+                30,
+                message='the worker holding its prefetch',
+            )
+        finally:
+            connection.close()
+        locked_at = replica.count()
         broker.stop_app()
-    finally:
-        lock.release()
+    assert locked_at == 10
     try:
         wait_for(lambda: RECONNECT.search(replica.log()), 30, message='the worker losing it')
         at_restart = replica.count()
     finally:
         broker.start_app()
     print(
-        f'broker stopped with {lock.locked_at} of 1500 rows applied and the worker stuck in a '
+        f'broker stopped with {locked_at} of 1500 rows applied and the worker stuck in a '
         f'batch; {at_restart} rows when restarted'
     )
 
