@@ -9,6 +9,7 @@ fails (it is never skipped).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import urllib.error
@@ -17,6 +18,7 @@ import urllib.request
 import pytest
 
 from integration_tests.conftest import TIMEOUT, books, seed_demo, wait_books_equal, wait_for
+from tests.transport.conftest import bodies_before_marker
 
 CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'
@@ -124,9 +126,18 @@ def test_admin_action_syncs_selected_books_to_the_replica(demo, open_browser, tm
     assert master.shell(CREATE_SUPERUSER) == 1
     url = start_runserver(master)
 
-    # behind CQRS: the master's titles change, nothing is published
-    assert master.shell(RETITLE_BEHIND_CQRS.replace('PKS', repr(selected))) == 2
-    assert {books(replica)[pk]['title'] for pk in selected} == {'Book 1', 'Book 2'}
+    # A capture queue sees everything published to the demo exchange; a marker closes each
+    # check (see bodies_before_marker), so "nothing published" is read on the broker.
+    connection = demo.broker.connect()
+    channel = connection.channel()
+    capture = demo.broker.queue('capture')
+    channel.queue_declare(capture, durable=True)
+    channel.queue_bind(capture, demo.broker.exchange, '#')
+
+    # behind CQRS: every title changes on the master, nothing is published (the shell has
+    # exited, so what it published would be confirmed, i.e. in the capture queue)
+    assert master.shell(RETITLE_BEHIND_CQRS.replace('PKS', repr(seeded['books']))) == 3
+    assert bodies_before_marker(channel, demo.broker.exchange, capture) == []
 
     wait = WebDriverWait(browser, TIMEOUT)
     try:
@@ -152,10 +163,26 @@ def test_admin_action_syncs_selected_books_to_the_replica(demo, open_browser, tm
     finally:
         browser.save_screenshot(str(tmp_path / 'admin.png'))
 
-    # the SYNCs reach the replica database
+    # exactly the two selected books were published, as SYNCs
+    try:
+        published = [
+            json.loads(body)
+            for body in bodies_before_marker(channel, demo.broker.exchange, capture)
+        ]
+    finally:
+        connection.close()
+    assert sorted((m['signal_type'], m['cqrs_id'], m['instance_pk']) for m in published) == [
+        ('SYNC', 'demo.book', pk) for pk in sorted(selected)
+    ]
+
+    # the SYNCs reach the replica database; the unselected book keeps its old title there
     wait_for(
         lambda: {books(replica)[pk]['title'] for pk in selected} == {'Synced from the admin'},
         message=lambda: f'the SYNCed titles on the replica: {books(replica)}',
     )
-    assert books(replica)[other]['title'] == 'Book 3'
-    assert books(replica) == books(master)
+    master_books, replica_books = books(master), books(replica)
+    assert master_books[other]['title'] == 'Synced from the admin'
+    assert replica_books[other] == {**master_books[other], 'title': 'Book 3'}
+    assert {pk: row for pk, row in replica_books.items() if pk != other} == {
+        pk: row for pk, row in master_books.items() if pk != other
+    }

@@ -41,10 +41,6 @@ def _messages(response):
     return [str(m) for m in response.context['messages']]
 
 
-def test_verbose_name_plural():
-    assert str(SimplestModel._meta.verbose_name_plural) == 'simplest models'
-
-
 def test_action_is_listed_on_changelist(admin_client_logged_in, rows):
     response = admin_client_logged_in.get(CHANGELIST)
     assert response.status_code == 200

@@ -11,7 +11,7 @@ from datetime import timezone as dt_timezone
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -529,28 +529,42 @@ def _conf(**replica):
     return conf
 
 
-@pytest.mark.django_db
+def _statement_timeout():
+    with connection.cursor() as cursor:
+        cursor.execute('SHOW statement_timeout')
+        return cursor.fetchone()[0]
+
+
+TIMEOUT_CONF = {'CQRS_QUERY_TIMEOUT': 900, 'CQRS_LOG_TIMED_OUT_QUERIES': True}
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures('_no_capturers')
-@pytest.mark.parametrize(
-    ('vendor', 'atomic', 'statement'),
-    [
-        ('postgresql', False, 'SET statement_timeout TO %s'),
-        ('postgresql', True, 'SET LOCAL statement_timeout TO %s'),
-        ('mysql', False, 'SET SESSION MAX_EXECUTION_TIME=%s'),
-    ],
-)
-def test_item_29_apply_query_timeouts(mocker, vendor, atomic, statement):
-    from dj_cqrs import logger as cqrs_logger
+def test_item_29_apply_query_timeouts_outside_a_transaction_sets_the_session():
+    try:
+        with override_settings(CQRS=_conf(**TIMEOUT_CONF)):
+            apply_query_timeouts(SimplestReplica)
+        assert _statement_timeout() == '900ms'
+        with transaction.atomic():
+            pass
+        assert _statement_timeout() == '900ms', 'set for the session'
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute('RESET statement_timeout')
+    capturers = [w for w in connection.execute_wrappers if isinstance(w, LastQueryCapturer)]
+    assert len(capturers) == 1
 
-    conn = mocker.MagicMock(vendor=vendor, in_atomic_block=atomic, execute_wrappers=[])
-    mocker.patch.object(cqrs_logger, 'connections', {'default': conn})
-    cursor = conn.cursor.return_value.__enter__.return_value
 
-    with override_settings(CQRS=_conf(CQRS_QUERY_TIMEOUT=900, CQRS_LOG_TIMED_OUT_QUERIES=True)):
-        apply_query_timeouts(SimplestReplica)
-
-    cursor.execute.assert_called_once_with(statement, [900])
-    assert [type(w) for w in conn.execute_wrappers] == [LastQueryCapturer]
+@pytest.mark.postgresql_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures('_no_capturers')
+def test_item_29_apply_query_timeouts_inside_a_transaction_lasts_until_its_end():
+    with transaction.atomic():
+        with override_settings(CQRS=_conf(**TIMEOUT_CONF)):
+            apply_query_timeouts(SimplestReplica)
+        assert _statement_timeout() == '900ms'
+    assert _statement_timeout() == '0'
 
 
 @pytest.mark.django_db

@@ -1,6 +1,7 @@
 """Registration-time configuration errors of master and replica models (SPEC §3-4)."""
 
 import logging
+from contextlib import contextmanager
 
 import pytest
 from django.apps import apps
@@ -16,13 +17,19 @@ from dj_cqrs.signals import post_bulk_create, post_update
 APP_LABELS = ('dj_master', 'dj_replica')
 
 
-@pytest.fixture(autouse=True)
-def restore_registries():
+@contextmanager
+def isolated_registries():
     """Snapshot both CQRS registries and Django's model registry; restore them afterwards."""
     master = dict(MasterRegistry.models)
     replica = dict(ReplicaRegistry.models)
     all_models = {label: dict(apps.all_models[label]) for label in APP_LABELS}
-    yield
+    try:
+        yield
+    finally:
+        _restore(master, replica, all_models)
+
+
+def _restore(master, replica, all_models):
     for model_cls in set(MasterRegistry.models.values()) - set(master.values()):
         uid = f'dj_cqrs.{model_cls._meta.label}'
         signals.post_save.disconnect(sender=model_cls, dispatch_uid=uid)
@@ -39,6 +46,12 @@ def restore_registries():
     apps.clear_cache()
 
 
+@pytest.fixture(autouse=True)
+def restore_registries():
+    with isolated_registries():
+        yield
+
+
 def _message(excinfo):
     return str(excinfo.value)
 
@@ -47,23 +60,26 @@ def _message(excinfo):
 
 
 def test_valid_master_model_registers_and_is_cleaned_up():
-    class CfgValidMaster(MasterMixin):
-        CQRS_ID = 'cfg_valid_master'
-        CQRS_FIELDS = ['id', 'name']
-        CQRS_TRACKED_FIELDS = ['name']
+    with isolated_registries():
 
-        name = models.CharField(max_length=10)
+        class CfgValidMaster(MasterMixin):
+            CQRS_ID = 'cfg_valid_master'
+            CQRS_FIELDS = ['id', 'name']
+            CQRS_TRACKED_FIELDS = ['name']
 
-        class Meta:
-            app_label = 'dj_master'
+            name = models.CharField(max_length=10)
 
-    assert MasterRegistry.get_model_by_cqrs_id('cfg_valid_master') is CfgValidMaster
-    assert apps.all_models['dj_master']['cfgvalidmaster'] is CfgValidMaster
+            class Meta:
+                app_label = 'dj_master'
 
+        assert MasterRegistry.get_model_by_cqrs_id('cfg_valid_master') is CfgValidMaster
+        assert apps.all_models['dj_master']['cfgvalidmaster'] is CfgValidMaster
+        assert signals.post_save.has_listeners(CfgValidMaster)
 
-def test_previous_test_left_no_trace():
+    # What the autouse fixture relies on, checked here rather than by the next test's luck.
     assert 'cfg_valid_master' not in MasterRegistry.models
     assert 'cfgvalidmaster' not in apps.all_models['dj_master']
+    assert not signals.post_save.has_listeners(CfgValidMaster)
     assert MasterRegistry.models['simplest'].__name__ == 'SimplestModel'
 
 

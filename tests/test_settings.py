@@ -338,10 +338,6 @@ def test_app_ready_rejects_wrong_type():
     assert 'CQRS_AUTO_UPDATE_FIELDS' in str(excinfo.value)
 
 
-def test_app_ready_accepts_the_test_settings():
-    apps.get_app_config('dj_cqrs').ready()
-
-
 # --- current transport ---------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ be reached fails the test run; nothing here is skipped.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -69,6 +70,63 @@ def wait_equal(expected, actual, timeout=60.0, message='the two sides to be equa
             pytest.fail(f'timed out after {timeout} s waiting for {message}: {detail}')
         time.sleep(0.1)
     return state['actual']
+
+
+def reset_publisher() -> None:
+    """Close this process's publishing connections and forget a broker unreachable a moment ago.
+
+    ``RabbitMQTransport`` fails publishes at once for a moment after a failed connection attempt
+    (whatever the URL of the next test), and ``clean_connection()`` keeps that pause; the
+    fixtures that make this process a publisher call this before and after each test.
+    """
+    from dj_cqrs.transport import KombuTransport, RabbitMQTransport
+
+    RabbitMQTransport.clean_connection()
+    KombuTransport.clean_connection()
+    publisher = RabbitMQTransport._publisher
+    publisher._unreachable = None
+    publisher._unreachable_until = 0.0
+
+
+def queue_depth(channel, queue: str) -> int:
+    """Ready messages in ``queue`` (which must exist), as the broker counts them."""
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+MARKER_ROUTING_KEY = 'cqrs_test.marker'
+
+
+def bodies_before_marker(channel, exchange: str, queue: str, timeout: float = 30) -> list[bytes]:
+    """Publish a marker to ``exchange`` and return the bodies that ``queue`` holds before it.
+
+    ``queue`` is bound to ``exchange`` with ``#``. Whatever was routed to it before the marker
+    (e.g. by a process that has exited, so whose messages are confirmed) comes first: an empty
+    list proves on the broker that nothing was published, without sleeping.
+    """
+    marker = f'marker-{uuid.uuid4().hex}'.encode()
+    channel.basic_publish(exchange, MARKER_ROUTING_KEY, marker)
+    bodies: list[bytes] = []
+
+    def marker_seen():
+        while True:
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return False
+            if body == marker:
+                return True
+            bodies.append(body)
+
+    wait_for(marker_seen, timeout, message=f'the marker in {queue} (before it: {bodies[:5]})')
+    return bodies
+
+
+def received_pks(log: str, pid: int) -> list[int]:
+    """pks that worker ``pid`` logged as received (INFO log of ``tests.settings_broker``).
+
+    A worker logs "CQRS is received" as it starts applying a message, before its write.
+    """
+    pattern = rf'^\S+ \S+ {pid} INFO CQRS is received: pk = (\d+) '
+    return [int(pk) for pk in re.findall(pattern, log, re.MULTILINE)]
 
 
 def handles_signal(pid: int, signum: int) -> bool:
@@ -156,8 +214,10 @@ def cqrs_settings_for(transport, url, names, **replica):
 
 @pytest.fixture
 def master(names, amqp_url):
-    """This test process as a master service publishing to RabbitMQ under unique names."""
-    from dj_cqrs.transport import KombuTransport, RabbitMQTransport
+    """This test process as a master service publishing to RabbitMQ under unique names.
+
+    The publisher starts and ends fresh (``reset_publisher``): no state leaks between tests.
+    """
 
     def configure(transport=RABBIT, url=None, **replica):
         settings = cqrs_settings_for(transport, url or amqp_url, names, **replica)
@@ -167,9 +227,9 @@ def master(names, amqp_url):
         return settings
 
     overrides = []
+    reset_publisher()
     yield configure
-    RabbitMQTransport.clean_connection()
-    KombuTransport.clean_connection()
+    reset_publisher()
     for override in reversed(overrides):
         override.disable()
 

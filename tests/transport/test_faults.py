@@ -10,14 +10,13 @@ row: ``(id, cqrs_revision)``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Iterable
 
@@ -31,12 +30,16 @@ from django.test import override_settings
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import wait_for
+from tests.transport.conftest import (
+    queue_depth,
+    received_pks,
+    sqlite_write_lock,
+    wait_for,
+)
 from tests.transport.private_broker import port_open
 
 SIMPLEST = 'dj_replica_simplestreplica'
 RECONNECT = re.compile(r'CQRS consumer (lost the connection|cannot connect)')
-OUTCOME = re.compile(r"CQRS couldn't (be parsed|proceed)|is added to dead letter queue")
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -221,30 +224,29 @@ def test_sigkilled_worker_loses_nothing(master, replica_service):
     replica.wait_ready()
     (victim,) = wait_for(lambda: worker_pids(replica), 10, message='the worker pid')
 
-    killed: dict[str, int] = {}
-    stop = threading.Event()
-
-    def kill_in_the_middle():
-        while not stop.is_set():
-            count = replica.count()
-            if count >= total:
-                killed['too_late'] = count
-                return
-            if count >= 1:
-                os.kill(victim, signal.SIGKILL)
-                killed['at'] = count
-                return
-            time.sleep(0.002)
-
-    killer = threading.Thread(target=kill_in_the_middle, daemon=True)
-    killer.start()
+    # Ten rows applied. Then, with the worker frozen (SIGSTOP), the rest is queued; it resumes
+    # against a locked replica database (a slow database), so it is killed while it holds
+    # received, unapplied, unacknowledged messages, whatever the speed of the machine.
+    create_in_transactions(list(range(1, 11)), 1)
+    wait_for(lambda: replica.count() == 10, 30, message='the first ten rows applied')
+    os.kill(victim, signal.SIGSTOP)
     try:
-        create_in_transactions(list(range(1, total + 1)), 5)
-        killer.join(60)
+        create_in_transactions(list(range(11, total + 1)), 5)
+        assert RabbitMQTransport.flush(timeout=60)
+        with sqlite_write_lock(replica.db_path):
+            os.kill(victim, signal.SIGCONT)
+            wait_for(
+                lambda: any(pk > 10 for pk in received_pks(replica.log(), victim)),
+                30,
+                message='the worker applying messages of the rest of the stream',
+            )
+            os.kill(victim, signal.SIGKILL)
     finally:
-        stop.set()
-    assert 'at' in killed, f'the worker was not killed in the middle: {killed}'
-    print(f'worker {victim} SIGKILLed with {killed["at"]} of {total} rows on the replica')
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
+    killed_at = replica.count()
+    assert killed_at == 10
+    print(f'worker {victim} SIGKILLed with {killed_at} of {total} rows on the replica')
 
     wait_for(lambda: 'exited with code' in replica.log(), 30, message='the supervisor noticing')
     replica.wait_ready(workers=2, timeout=60)
@@ -256,70 +258,41 @@ def test_sigkilled_worker_loses_nothing(master, replica_service):
 # --- 4: RabbitMQ restarts while a worker consumes --------------------------------------------
 
 
-class ReplicaWriteLock:
-    """Holds the write lock of a replica's SQLite file from the moment it has ``at_least`` rows.
-
-    A worker then stops in the middle of a batch (busy-waiting on the lock, its deliveries
-    unacknowledged) until ``release()``: a slow database, which keeps the stream in flight
-    while the broker goes away.
-    """
-
-    def __init__(self, replica, at_least: int, total: int) -> None:
-        self.connection = sqlite3.connect(
-            replica.db_path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self.at_least, self.total = at_least, total
-        self.locked_at: int | None = None
-        self.too_late: int | None = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self.done.is_set():
-                count = self.connection.execute(f'SELECT COUNT(*) FROM {SIMPLEST}').fetchone()[0]
-                if count >= self.total:
-                    self.too_late = count
-                    return
-                if count >= self.at_least:
-                    self.connection.execute('BEGIN IMMEDIATE')
-                    self.locked_at = count
-                    return
-                time.sleep(0.002)
-        finally:
-            self.done.set()
-
-    def release(self) -> None:
-        self.done.set()
-        self.thread.join(35)
-        if self.connection.in_transaction:
-            self.connection.execute('ROLLBACK')
-        self.connection.close()
-
-
 @pytest.mark.django_db(transaction=True)
-def test_worker_reconnects_after_a_broker_restart(master, broker, replica_service):
+def test_worker_reconnects_after_a_broker_restart(master, names, broker, replica_service):
     master(url=broker.url)
     replica = replica_service(url=broker.url).start('-w', '1')
     replica.wait_ready()
     (worker,) = wait_for(lambda: worker_pids(replica), 10, message='the worker pid')
 
-    lock = ReplicaWriteLock(replica, at_least=1, total=1500)
-    try:
-        create_in_transactions(list(range(1, 1501)), 3)
-        wait_for(lock.done.is_set, 60, message='the replica starting to apply the stream')
-        assert lock.locked_at is not None, f'all {lock.too_late} rows applied before the lock'
+    # Ten rows applied; then the replica database is locked (a slow database) while the rest
+    # is published: the worker stops in the middle of a batch, its deliveries unacknowledged,
+    # when the broker goes away.
+    create_in_transactions(list(range(1, 11)), 1)
+    wait_for(lambda: replica.count() == 10, 30, message='the first ten rows applied')
+    with sqlite_write_lock(replica.db_path):
+        create_in_transactions(list(range(11, 1501)), 3)
+        assert RabbitMQTransport.flush(timeout=30)
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        try:
+            # The worker holds its prefetch (delay queue size + 1 = 1001) of the 1490 messages.
+            wait_for(
+                lambda: queue_depth(connection.channel(), names['queue']) == 1490 - 1001,
+                30,
+                message='the worker holding its prefetch',
+            )
+        finally:
+            connection.close()
+        locked_at = replica.count()
         broker.stop_app()
-    finally:
-        lock.release()
+    assert locked_at == 10
     try:
         wait_for(lambda: RECONNECT.search(replica.log()), 30, message='the worker losing it')
         at_restart = replica.count()
     finally:
         broker.start_app()
     print(
-        f'broker stopped with {lock.locked_at} of 1500 rows applied and the worker stuck in a '
+        f'broker stopped with {locked_at} of 1500 rows applied and the worker stuck in a '
         f'batch; {at_restart} rows when restarted'
     )
 
@@ -366,41 +339,57 @@ def _data(pk: int, **changes) -> dict:
     return data
 
 
+REJECTED, DEAD, APPLIED = 'rejected', 'dead-lettered', 'applied'
+OUTCOMES = {
+    REJECTED: re.compile(r"CQRS couldn't (be parsed|proceed)"),
+    DEAD: re.compile(r'CQRS is added to dead letter queue'),
+    APPLIED: re.compile(r'CQRS is applied: pk = 90'),
+}
+ANY_OUTCOME = re.compile('|'.join(f'(?:{regex.pattern})' for regex in OUTCOMES.values()))
+
 POISON = [
-    # (kind, routing key, body)
-    ('not JSON', 'simplest', b'{"signal_type": "SAVE", "cqrs_id": '),
-    ('empty body', 'simplest', b''),
-    ('JSON list', 'simplest', b'[1, 2, 3]'),
-    ('JSON string', 'simplest', b'"SAVE simplest 1"'),
-    ('JSON number', 'simplest', b'42'),
-    ('JSON null', 'simplest', b'null'),
-    ('missing instance_pk', 'simplest', _message(9001, instance_pk=None)),
-    ('missing signal_type', 'simplest', _message(9002, signal_type=None)),
-    ('missing cqrs_id', 'simplest', _message(9003, cqrs_id=None)),
-    ('missing instance_data', 'simplest', _message(9004, instance_data=None)),
-    ('cqrs_id is an int', 'simplest', _message(9005, cqrs_id=7)),
-    ('signal_type is a list', 'simplest', _message(9006, signal_type=['SAVE'])),
-    ('retries is a string', 'simplest', _message(9007, retries='3')),
-    ('retries is a bool', 'simplest', _message(9008, retries=True)),
-    ('expires is an impossible date', 'simplest', _message(9009, expires='2024-13-45T99:00:00')),
-    ('unknown signal type', 'simplest', _message(9010, signal_type='EXPLODE')),
-    ('unknown CQRS_ID', 'nope', _message(9011, cqrs_id='nope')),
-    ('instance_data is a list', 'simplest', _message(9012, instance_data=[9012, 'poison'])),
-    ('instance_data is a string', 'simplest', _message(9013, instance_data='id=9013')),
+    # (kind, routing key, body, what the worker must do with it)
+    ('not JSON', 'simplest', b'{"signal_type": "SAVE", "cqrs_id": ', REJECTED),
+    ('empty body', 'simplest', b'', REJECTED),
+    ('JSON list', 'simplest', b'[1, 2, 3]', REJECTED),
+    ('JSON string', 'simplest', b'"SAVE simplest 1"', REJECTED),
+    ('JSON number', 'simplest', b'42', REJECTED),
+    ('JSON null', 'simplest', b'null', REJECTED),
+    ('missing instance_pk', 'simplest', _message(9001, instance_pk=None), REJECTED),
+    ('missing signal_type', 'simplest', _message(9002, signal_type=None), REJECTED),
+    ('missing cqrs_id', 'simplest', _message(9003, cqrs_id=None), REJECTED),
+    ('missing instance_data', 'simplest', _message(9004, instance_data=None), REJECTED),
+    ('cqrs_id is an int', 'simplest', _message(9005, cqrs_id=7), REJECTED),
+    ('signal_type is a list', 'simplest', _message(9006, signal_type=['SAVE']), REJECTED),
+    ('retries is a string', 'simplest', _message(9007, retries='3'), REJECTED),
+    ('retries is a bool', 'simplest', _message(9008, retries=True), REJECTED),
+    (
+        'expires is an impossible date',
+        'simplest',
+        _message(9009, expires='2024-13-45T99:00:00'),
+        REJECTED,
+    ),
+    ('unknown signal type', 'simplest', _message(9010, signal_type='EXPLODE'), DEAD),
+    ('unknown CQRS_ID', 'nope', _message(9011, cqrs_id='nope'), DEAD),
+    ('instance_data is a list', 'simplest', _message(9012, instance_data=[9012, 'p']), DEAD),
+    ('instance_data is a string', 'simplest', _message(9013, instance_data='id=9013'), DEAD),
     (
         'instance_data without cqrs_revision',
         'simplest',
         _message(9014, instance_data={'id': 9014, 'name': 'poison', 'cqrs_updated': UPDATED}),
+        DEAD,
     ),
     (
         'absurd revision 10**30',
         'simplest',
         _message(9015, instance_data=_data(9015, cqrs_revision=10**30)),
+        DEAD,
     ),
     (
         'revision is a string',
         'simplest',
         _message(9016, instance_data=_data(9016, cqrs_revision='many')),
+        DEAD,
     ),
     (
         'DELETE without id',
@@ -408,25 +397,43 @@ POISON = [
         _message(
             9017, signal_type='DELETE', instance_data={'cqrs_revision': 1, 'cqrs_updated': UPDATED}
         ),
+        DEAD,
     ),
-    ('huge body (5 MB JSON list)', 'simplest', json.dumps(['x' * 1000] * 5000).encode()),
+    ('huge body (5 MB JSON list)', 'simplest', json.dumps(['x' * 1000] * 5000).encode(), REJECTED),
     (
         'huge SAVE (5 MB name, no cqrs_updated)',
         'simplest',
         _message(9018, instance_data={'id': 9018, 'name': 'x' * 5_000_000, 'cqrs_revision': 0}),
+        DEAD,
     ),
-    ('non-UTF-8 bytes', 'simplest', b'\xff\xfe{"cqrs_id": "simplest"}\x80\x81'),
+    ('non-UTF-8 bytes', 'simplest', b'\xff\xfe{"cqrs_id": "simplest"}\x80\x81', REJECTED),
+    # Odd but valid: the replica applies them.
+    ('unknown top-level key', 'simplest', _message(9020, surprise={'x': 1}), APPLIED),
+    (
+        'unknown field in instance_data',
+        'simplest',
+        _message(9021, instance_data=_data(9021, colour='red')),
+        APPLIED,
+    ),
 ]
 
 
+def _outcome(line: str) -> str:
+    return next(kind for kind, regex in OUTCOMES.items() if regex.search(line))
+
+
 @pytest.mark.django_db(transaction=True)
-def test_poison_messages_are_logged_and_the_worker_carries_on(
+def test_poison_messages_are_rejected_or_dead_lettered_and_the_worker_carries_on(
     master, names, amqp_url, replica_service
 ):
+    """Each hand-made message has exactly one fate, none is requeued, the queue drains."""
     master()
     replica = replica_service(CQRS_TEST_MAX_RETRIES=0).start('-w', '1')
     replica.wait_ready()
     (worker,) = wait_for(lambda: worker_pids(replica), 10, message='the worker pid')
+
+    def outcome_lines():
+        return [line for line in replica.log().splitlines() if ANY_OUTCOME.search(line)]
 
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
@@ -434,32 +441,46 @@ def test_poison_messages_are_logged_and_the_worker_carries_on(
         channel.confirm_delivery()
         channel.queue_bind(names['queue'], names['exchange'], 'nope')
         properties = pika.BasicProperties(content_type='text/plain', delivery_mode=2)
-        report, unlogged = [], []
-        for kind, routing_key, body in POISON:
-            before = len(OUTCOME.findall(replica.log()))
+        fates = {}
+        for kind, routing_key, body, _expected in POISON:
+            before = len(outcome_lines())
             channel.basic_publish(names['exchange'], routing_key, body, properties)
-            deadline = time.monotonic() + 15
-            while len(OUTCOME.findall(replica.log())) <= before and time.monotonic() < deadline:
-                time.sleep(0.02)
-            lines = [line for line in replica.log().splitlines() if OUTCOME.search(line)]
-            new = lines[before:]
-            outcome = new[0].split(' ', 4)[-1][:100] if new else 'NO LOG LINE'
-            report.append(f'{kind:38} {outcome}')
-            if not new:
-                unlogged.append(kind)
+            wait_for(
+                lambda before=before: len(outcome_lines()) > before,
+                15,
+                message=f'the outcome of {kind!r} (log: {replica.log()[-1500:]})',
+            )
+            fates[kind] = _outcome(outcome_lines()[before])
+
+        assert fates == {kind: expected for kind, _, _, expected in POISON}
+        # One outcome each: a message requeued (redelivered) would log a second one.
+        assert len(outcome_lines()) == len(POISON), outcome_lines()[len(POISON) :]
+
+        save_changes(range(1, 4))
+        applied = sorted((pk, 0) for pk in (9020, 9021))
+        wait_for(
+            lambda: replica_rows(replica) == sorted(master_rows() + applied),
+            30,
+            message='the replica rows: master rows plus the two odd but valid messages',
+        )
+        assert master_rows() == [(1, 0), (2, 0), (3, 0)]
+        assert len(outcome_lines()) == len(POISON)
+
+        log = replica.log()
+        assert replica.process.poll() is None
+        assert 'exited with code' not in log, log[-3000:]
+        assert log.count('CQRS consumer is ready') == 1, 'the worker never restarted'
+        assert worker_pids(replica) == [worker]
+
+        # Drained: with the consumer gone, nothing unacknowledged returns to the queue.
+        assert replica.stop() == 0
+        assert queue_depth(channel, names['queue']) == 0
+        dead = []
+        while (got := channel.basic_get(names['dead_letter_queue'], auto_ack=True))[0]:
+            dead.append(json.loads(got[2])['correlation_id'])
+        expected_dead = [
+            json.loads(body)['correlation_id'] for _, _, body, fate in POISON if fate == DEAD
+        ]
+        assert dead == expected_dead
     finally:
         connection.close()
-    print('\n'.join(report))
-
-    save_changes(range(1, 4))
-    assert_replica_equals_master(replica)
-    assert replica_rows(replica) == [(1, 0), (2, 0), (3, 0)]
-
-    log = replica.log()
-    outcomes = len(OUTCOME.findall(log))
-    assert not unlogged, f'poison messages without a log line: {unlogged}'
-    assert outcomes >= len(POISON), f'{outcomes} log lines for {len(POISON)} poison messages'
-    assert replica.process.poll() is None
-    assert 'exited with code' not in log, log[-3000:]
-    assert log.count('CQRS consumer is ready') == 1, 'the worker never restarted'
-    assert worker_pids(replica) == [worker]

@@ -10,15 +10,12 @@ import base64
 import json
 import sqlite3
 import uuid
-from unittest import mock
 
 import pika
 import pytest
-from django.test import override_settings
 
-from dj_cqrs.transport import KombuTransport
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.transport.conftest import KOMBU, RABBIT, cqrs_settings_for, wait_for
+from tests.transport.conftest import KOMBU, RABBIT, sqlite_write_lock, wait_for
 
 SIMPLEST = 'dj_replica_simplestreplica'
 FLAKY = 'dj_replica_flakyreplica'
@@ -231,20 +228,20 @@ def test_retries_then_dead_letter(master, replica_service, kombu_url, amqp_url, 
     assert expiration == '864000000'  # dead_message_ttl (10 days) in milliseconds
 
 
-def test_consumer_prefetch_count_is_applied(names, amqp_url):
-    settings = cqrs_settings_for(KOMBU, amqp_url, names)
-    settings['consumer_prefetch_count'] = 7
-    queue, dead = mock.MagicMock(), mock.MagicMock()
-    with (
-        override_settings(CQRS=settings),
-        mock.patch.object(KombuTransport, '_queues', return_value=(queue, dead)),
-        mock.patch('dj_cqrs.transport.kombu.kombu.Consumer') as consumer_cls,
-        mock.patch('dj_cqrs.transport.kombu.kombu.Producer'),
-    ):
-        KombuTransport._stop.set()
-        try:
-            KombuTransport._consume_on(mock.MagicMock(), None)
-        finally:
-            KombuTransport._stop._event.clear()
-    consumer_cls.return_value.qos.assert_called_once_with(prefetch_count=7)
-    consumer_cls.return_value.consume.assert_called_once_with()
+@pytest.mark.django_db(transaction=True)
+def test_consumer_prefetch_count_is_applied(master, replica_service, names, amqp_url):
+    """With consumption held back, the broker hands the worker exactly the prefetch count."""
+    replica = replica_service(transport=KOMBU)
+    replica.extend_settings("CQRS['consumer_prefetch_count'] = 7").start('-w', '1')
+    replica.wait_ready()
+    master()
+
+    with sqlite_write_lock(replica.db_path):
+        for pk in range(1, 21):
+            SimplestModel.objects.create(id=pk, name=f'row {pk}')
+        wait_for(
+            lambda: _rabbit_message_count(amqp_url, names['queue']) == 20 - 7,
+            message='7 messages in flight and 13 ready',
+        )
+    wait_for(lambda: replica.count() == 20, message='the 20 rows on the replica')
+    assert _rabbit_message_count(amqp_url, names['queue']) == 0

@@ -15,9 +15,10 @@ import sqlite3
 import subprocess
 import sys
 
+import pika
 import pytest
 
-from tests.transport.conftest import ROOT, wait_for
+from tests.transport.conftest import ROOT, bodies_before_marker, wait_for
 
 MASTER_TABLE = 'dj_master_simplestmodel'
 REPLICA_TABLE = 'dj_replica_simplestreplica'
@@ -252,9 +253,15 @@ def test_diff_pipeline_with_a_filter_repairs_only_matching_rows(services):
     )
 
 
-def test_diff_pipeline_on_an_identical_replica_publishes_nothing(services):
+def test_diff_pipeline_on_an_identical_replica_publishes_nothing(services, names, amqp_url):
     master, replica = services
     expected = populate(master, replica)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    capture = f'capture_{names["queue"]}'
+    names.setdefault('extra_queues', []).append(capture)
+    channel.queue_declare(capture, durable=True)
+    channel.queue_bind(capture, names['exchange'], '#')
 
     diff = shell(
         cli(master, 'cqrs_diff_master', '--cqrs-id', 'simplest'),
@@ -269,6 +276,11 @@ def test_diff_pipeline_on_an_identical_replica_publishes_nothing(services):
         cli(master, 'cqrs_diff_sync'),
     )
     assert result.returncode == 0, result.stderr
+    try:
+        # cqrs_diff_sync has exited, so whatever it published is in the capture queue.
+        assert bodies_before_marker(channel, names['exchange'], capture) == []
+    finally:
+        connection.close()
     assert rows(replica.db_path, REPLICA_TABLE) == expected
 
 

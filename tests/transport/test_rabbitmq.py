@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import socket
@@ -26,11 +25,9 @@ from django.db import connection as db_connection
 from django.db import transaction
 from django.test import override_settings
 
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport import RabbitMQTransport
-from dj_cqrs.utils import get_message_expiration_dt
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.transport.conftest import wait_for
+from tests.transport.conftest import sqlite_write_lock, wait_for
 
 SIMPLEST = 'dj_replica_simplestreplica'
 FLAKY = 'dj_replica_flakyreplica'
@@ -53,17 +50,13 @@ EXPIRES_FORMAT = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\+00:00|Z)?$')
 
 
 def settle_publisher(timeout: float = 10) -> None:
-    """Leave this process's publisher as the next test expects to find it.
+    """Wait for the broker's confirms of what this process published.
 
     Unconfirmed messages are kept for the next connection: left over, they would be published
-    again into the next test, whose exchange differs; so wait for the confirms. And a failed
-    connection attempt makes publishing fail at once for a moment afterwards, whatever the URL
-    of the next test; forget it.
+    again into the next test, whose exchange differs. (The conftest ``master`` fixture then
+    resets the publisher's connection state.)
     """
     RabbitMQTransport.flush(timeout=timeout)
-    publisher = RabbitMQTransport._publisher
-    if hasattr(publisher, '_unreachable_until'):
-        publisher._unreachable_until = 0.0
 
 
 class Broker:
@@ -571,46 +564,55 @@ def test_publishing_survives_a_broken_connection(
     assert RabbitMQTransport.connections_opened() == opened + 1
 
 
-@pytest.mark.django_db(transaction=True)
-def test_forked_child_publishes_on_its_own_connection(master, replica_service):
+FORKING_PUBLISHER = """
+import json, os
+from dj_cqrs.dataclasses import TransportPayload
+from dj_cqrs.transport import RabbitMQTransport
+from dj_cqrs.utils import get_message_expiration_dt
+
+
+def publish(pk, name):
+    data = {'id': pk, 'name': name, 'cqrs_revision': 0, 'cqrs_updated': '2024-01-01T00:00:00+00:00'}
+    payload = TransportPayload('SAVE', 'simplest', data, pk, expires=get_message_expiration_dt())
+    return bool(RabbitMQTransport.produce(payload) and RabbitMQTransport.flush(10))
+
+
+report = {'parent_before': publish(1, 'parent before fork')}
+opened = RabbitMQTransport.connections_opened()
+read_end, write_end = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(read_end)
+    child = {'published': publish(2, 'child')}
+    child['own_connection'] = RabbitMQTransport.connections_opened() == opened + 1
+    os.write(write_end, json.dumps(child).encode())
+    os._exit(0)
+os.close(write_end)
+with os.fdopen(read_end) as pipe:
+    report['child'] = json.loads(pipe.read() or 'null')
+report['child_exit'] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+report['parent_after'] = publish(3, 'parent after fork')
+report['parent_connections'] = RabbitMQTransport.connections_opened() - opened
+print(json.dumps(report))
+"""
+
+
+def test_forked_child_publishes_on_its_own_connection(replica_service):
+    """A process that forks after publishing (here a subprocess, not the test runner)."""
     replica = replica_service().start('-w', '1')
     replica.wait_ready()
-    master()
 
-    SimplestModel.objects.create(id=1, name='parent before fork')
-    opened = RabbitMQTransport.connections_opened()
+    result = replica.manage('shell', '-c', FORKING_PUBLISHER)
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            payload = TransportPayload(
-                'SAVE',
-                'simplest',
-                {
-                    'id': 2,
-                    'name': 'child',
-                    'cqrs_revision': 0,
-                    'cqrs_updated': '2024-01-01 00:00:00+00:00',
-                },
-                2,
-                expires=get_message_expiration_dt(),
-            )
-            published = RabbitMQTransport.produce(payload) and RabbitMQTransport.flush(10)
-            own_connection = RabbitMQTransport.connections_opened() == opened + 1
-            code = 0 if published and own_connection else 2
-        except BaseException:
-            code = 3
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-
-    wait_for(lambda: 2 in names_in(replica), message='the child message')
-    # The parent's connection was not disturbed by the child.
-    SimplestModel.objects.create(id=3, name='parent after fork')
-    wait_for(lambda: 3 in names_in(replica), message='the parent message after the fork')
-    assert RabbitMQTransport.connections_opened() == opened
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {
+        'parent_before': True,
+        'child': {'published': True, 'own_connection': True},
+        'child_exit': 0,
+        'parent_after': True,
+        'parent_connections': 0,
+    }, result.stderr
+    wait_for(lambda: len(names_in(replica)) == 3, message='the three messages')
     assert names_in(replica) == {1: 'parent before fork', 2: 'child', 3: 'parent after fork'}
 
 
@@ -648,12 +650,22 @@ def test_sigterm_stops_gracefully_and_loses_nothing(master, names, broker, repli
     assert RabbitMQTransport.flush()
     wait_for(lambda: broker.count(names['queue']) == total, message=f'{total} queued messages')
 
-    replica = replica_service().start('-w', '2')
-    wait_for(lambda: replica.count() > 0, message='consumption under way')
-    replica.process.send_signal(signal.SIGTERM)
+    # RabbitMQTransport prefetches the delay queue size + 1 per worker.
+    prefetch = 50
+    replica = replica_service(CQRS_TEST_DELAY_QUEUE=prefetch - 1)
+    # Consumption held back: both workers take their prefetch and wait for the write lock, so
+    # SIGTERM comes with deliveries in flight whatever the speed of the machine.
+    with sqlite_write_lock(replica.db_path):
+        replica.start('-w', '2')
+        replica.wait_ready(2)
+        wait_for(
+            lambda: broker.count(names['queue']) == total - 2 * prefetch,
+            message='both workers holding their prefetch',
+        )
+        replica.process.send_signal(signal.SIGTERM)
     assert replica.process.wait(60) == 0
     stopped_at = replica.count()
-    assert stopped_at < total, 'everything was consumed before SIGTERM; send more messages'
+    assert stopped_at <= 2 * prefetch
     log = replica.log()
     assert 'did not stop' not in log
     assert 'Traceback' not in log

@@ -5,6 +5,7 @@ Slow (tens of seconds each); the lighter broker tests are in ``test_rabbitmq.py`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ from django.db import transaction
 
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import wait_for
+from tests.transport.conftest import received_pks, sqlite_write_lock, wait_for
 from tests.transport.test_rabbitmq import SIMPLEST, Broker, settle_publisher, worker_pids
 
 TOTAL = 10_000
@@ -35,12 +36,13 @@ def broker(amqp_url, names):
     result.close()
 
 
-def publish_rows(total: int = TOTAL) -> list[tuple]:
-    """Create ``total`` master rows, BATCH per transaction, then update every 10th once more.
+def publish_rows(total: int = TOTAL, first: int = 0) -> list[tuple]:
+    """Create master rows ``first`` to ``total - 1``, BATCH per transaction, then update every
+    10th row once more.
 
     Returns the master's (id, name, cqrs_revision) rows, which the replica must end up with.
     """
-    for start in range(0, total, BATCH):
+    for start in range(first, total, BATCH):
         with transaction.atomic():
             for pk in range(start, start + BATCH):
                 SimplestModel.objects.create(id=pk, name=f'n{pk}')
@@ -90,20 +92,37 @@ def test_ten_thousand_messages_land_with_two_workers_on_one_connection(
 def test_sigkill_of_a_worker_mid_stream_loses_nothing(master, names, broker, replica_service):
     declare_replica_queue(broker, names)
     master()
-    expected = publish_rows()
-    wait_for(
-        lambda: broker.count(names['queue']) == TOTAL + TOTAL // 10,
-        message='every message queued',
-    )
-
     replica = replica_service().start('-w', '2')
     replica.wait_ready(2)
     workers = worker_pids(replica)
     assert len(workers) == 2
-    wait_for(lambda: replica.count() > 0, message='consumption under way')
-    os.kill(workers[0], signal.SIGKILL)
-    killed_at = replica.count()
-    assert killed_at < TOTAL, 'everything was consumed before the kill; send more messages'
+
+    # The first BATCH rows are applied. Then, with both workers frozen (SIGSTOP), the rest of
+    # the stream is queued; they resume against a locked replica database (a slow database),
+    # so the first worker is killed while it holds received, unapplied, unacknowledged
+    # messages, whatever the speed of the machine.
+    with transaction.atomic():
+        for pk in range(BATCH):
+            SimplestModel.objects.create(id=pk, name=f'n{pk}')
+    assert RabbitMQTransport.flush(timeout=60)
+    wait_for(lambda: replica.count() == BATCH, message=f'the first {BATCH} rows applied')
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        expected = publish_rows(first=BATCH)
+        with sqlite_write_lock(replica.db_path):
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+            wait_for(
+                lambda: any(pk >= BATCH for pk in received_pks(replica.log(), workers[0])),
+                message='the first worker applying messages of the rest of the stream',
+            )
+            os.kill(workers[0], signal.SIGKILL)
+            killed_at = replica.count()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(workers[1], signal.SIGCONT)
+    assert killed_at == BATCH
 
     wait_for(
         lambda: 'exited with code' in replica.log() and len(worker_pids(replica)) == 2,

@@ -24,9 +24,16 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from dj_cqrs.transport import KombuTransport, RabbitMQTransport, current_transport
+from dj_cqrs.transport import RabbitMQTransport, current_transport
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import KOMBU, RABBIT, cqrs_settings_for, wait_for
+from tests.transport.conftest import (
+    KOMBU,
+    RABBIT,
+    bodies_before_marker,
+    cqrs_settings_for,
+    reset_publisher,
+    wait_for,
+)
 from tests.transport.private_broker import _free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,8 +86,9 @@ class Probe:
         self.channel.queue_bind(name, self.exchange, routing_key)
         return name
 
-    def count(self, queue):
-        return self.channel.queue_declare(queue, passive=True).method.message_count
+    def published_before_marker(self, queue):
+        """What reached ``queue`` before a marker the probe publishes now (see conftest)."""
+        return bodies_before_marker(self.channel, self.exchange, queue)
 
     def take(self, queue, timeout=30):
         """One message body (dict) from ``queue``, waiting for it."""
@@ -114,24 +122,10 @@ def probes(tls_broker, names):
         probe.close()
 
 
-def fresh_publishers():
-    """Close the publishing connections and forget a broker that was unreachable a moment ago.
-
-    ``RabbitMQTransport`` fails publishes at once for a second after a failed connection
-    attempt, and ``clean_connection()`` keeps that pause: without the reset, a test right after
-    one that could not connect would fail against a broker that is up.
-    """
-    RabbitMQTransport.clean_connection()
-    KombuTransport.clean_connection()
-    publisher = RabbitMQTransport._publisher
-    if hasattr(publisher, '_unreachable_until'):
-        publisher._unreachable_until = 0.0
-
-
 @pytest.fixture
 def publisher(names):
     """Make this process a master publishing with ``transport`` to ``url`` (+ ``ssl_options``)."""
-    fresh_publishers()
+    reset_publisher()
     overrides = []
 
     def configure(transport, url, ssl_options=None):
@@ -146,7 +140,7 @@ def publisher(names):
     yield configure
     if overrides:
         RabbitMQTransport.flush(timeout=5)
-    fresh_publishers()
+    reset_publisher()
     for override in reversed(overrides):
         override.disable()
 
@@ -226,7 +220,7 @@ def test_tls_without_the_ca_the_publish_fails_and_is_logged(
     errors = cqrs_errors(caplog)
     assert len(errors) == 1, errors
     assert "couldn't be published" in errors[0]
-    assert probe.count(capture) == 0
+    assert probe.published_before_marker(capture) == []
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
@@ -242,7 +236,7 @@ def test_tls_server_hostname_must_match_the_certificate(
     SimplestModel.objects.create(id=1, name='wrong host')
 
     assert len(cqrs_errors(caplog)) == 1
-    assert probe.count(capture) == 0
+    assert probe.published_before_marker(capture) == []
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
@@ -260,7 +254,7 @@ def test_tls_checks_the_url_host_when_no_server_hostname_is_given(
     flush(transport)
 
     assert len(cqrs_errors(caplog)) == 1, 'published to a broker whose certificate is not for it'
-    assert probe.count(capture) == 0
+    assert probe.published_before_marker(capture) == []
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
@@ -311,7 +305,7 @@ def test_vhost_of_the_url_is_used(vhost_broker, names, publisher, probes, transp
     flush(transport)
 
     assert in_vhost.take(queue)['instance_data']['name'] == 'in the vhost'
-    assert in_root.count(queue) == 0
+    assert in_root.published_before_marker(queue) == []
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
@@ -327,7 +321,7 @@ def test_vhost_over_tls(vhost_broker, names, publisher, probes, transport):
     flush(transport)
 
     assert in_vhost.take(queue)['instance_data']['name'] == 'tls vhost'
-    assert in_root.count(queue) == 0
+    assert in_root.published_before_marker(queue) == []
 
 
 # --- passwords never leak -----------------------------------------------------------------------
