@@ -3,8 +3,8 @@
 A transport feeds ``Worker.handle_batch`` with the deliveries it received and gives it three
 callables: ``ack(handle)``, ``reject(handle)`` (drop without requeue), called with a
 delivery's ``handle``, and ``publish(routing_key, body, expiration)``. The worker parses each
-body, applies it through the consumer controller (a batch shares one database transaction,
-each message in a savepoint of its own; acknowledgements follow the commit), and routes
+body, applies it through the consumer controller (a batch shares one database transaction and
+is applied by ``consumer.consume_batch``; acknowledgements follow the commit), and routes
 failures (a falsy result or an exception) to the ``dj_cqrs.delay.DelayQueue``, back to the
 replica queue with ``retries + 1``, or to the dead-letter queue.
 """
@@ -100,7 +100,11 @@ class Worker:
         self.inbox: list[Delivery] = []
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
-        """Apply received deliveries: one transaction, a savepoint each, acks after commit."""
+        """Apply received deliveries in one transaction, acks after commit.
+
+        When the transaction fails to commit, the messages are applied again one by one, each
+        in a transaction of its own.
+        """
         ready = [d for d in deliveries if self._prepare(d)]
         if not ready:
             return
@@ -111,8 +115,11 @@ class Worker:
         else:
             try:
                 with transaction.atomic(using=self._batch_db(ready)):
-                    for delivery in ready:
-                        outcomes.append(self._apply(delivery))
+                    results = consumer.consume_batch([delivery.payload for delivery in ready])
+                outcomes = [
+                    (delivery, result, exc)
+                    for delivery, (result, exc) in zip(ready, results, strict=True)
+                ]
             except Exception as exc:
                 logger.error('CQRS batch of %s messages failed to commit: %s', len(ready), exc)
                 outcomes = [self._apply(delivery) for delivery in ready]
