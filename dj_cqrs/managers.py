@@ -527,16 +527,8 @@ def batch_kind(model: type) -> str | None:
     ``'isolated'``: in bulk, and the model has no relation to any other model, so its batch
     may be applied out of turn with other models' messages. ``'related'``: in bulk, in turn.
     """
-    cached = model.__dict__.get('_cqrs_batch_kind', False)
-    if cached is False:
-        cached = _static_batch_kind(model)
-        model._cqrs_batch_kind = cached
-    if cached is None or any(signal.has_listeners(model) for signal in _ROW_SIGNALS):
+    if not issubclass(model, Model):
         return None
-    return cached
-
-
-def _static_batch_kind(model: type) -> str | None:
     meta = model._meta
     if (
         model.CQRS_NO_DB_OPERATIONS
@@ -559,6 +551,8 @@ def _static_batch_kind(model: type) -> str | None:
     if type(default).create is not Manager.create or default._queryset_class.create is not (
         QuerySet.create
     ):
+        return None
+    if any(signal.has_listeners(model) for signal in _ROW_SIGNALS):
         return None
     relations = [f for f in meta.get_fields(include_hidden=True) if f.is_relation]
     if any(f.related_model in (model, meta.concrete_model) for f in relations):

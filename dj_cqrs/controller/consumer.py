@@ -71,9 +71,10 @@ def _segments(payloads: list[TransportPayload]) -> list[list[tuple[int, type | N
     """
     segments: list[list[tuple[int, type | None]]] = [[]]
     anchor: Any = None
+    kinds: dict[type, str | None] = {}  # batch_kind per model, for this batch
     for index, payload in enumerate(payloads):
         model_cls = ReplicaRegistry.models.get(payload.cqrs_id)
-        kind = _bulk_kind(payload, model_cls)
+        kind = _bulk_kind(payload, model_cls, kinds)
         if kind != 'isolated' and model_cls is not None and not _skipped_sync(payload, model_cls):
             if anchor is not None and anchor is not model_cls:
                 segments.append([])
@@ -82,7 +83,7 @@ def _segments(payloads: list[TransportPayload]) -> list[list[tuple[int, type | N
     return [segment for segment in segments if segment]
 
 
-def _bulk_kind(payload: TransportPayload, model_cls: type | None) -> str | None:
+def _bulk_kind(payload: TransportPayload, model_cls: type | None, kinds: dict) -> str | None:
     if (
         model_cls is None
         or payload.signal_type not in SignalType.ALL
@@ -90,7 +91,9 @@ def _bulk_kind(payload: TransportPayload, model_cls: type | None) -> str | None:
         or _skipped_sync(payload, model_cls)
     ):
         return None
-    return batch_kind(model_cls)
+    if model_cls not in kinds:
+        kinds[model_cls] = batch_kind(model_cls)
+    return kinds[model_cls]
 
 
 def _skipped_sync(payload: TransportPayload, model_cls: type) -> bool:
