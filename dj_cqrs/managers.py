@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import Error, IntegrityError, router, transaction
+from django.db import Error, IntegrityError, connections, router, transaction
 from django.db.models import F, Manager, Model, QuerySet, signals
 from django.utils import timezone
 
@@ -290,16 +290,39 @@ class ReplicaManager(Manager):
         if created:
             manager.bulk_create(created, batch_size=_CHUNK)
         if updated:
-            fields = [
-                f
-                for f in model._meta.concrete_fields
-                if not f.primary_key and not getattr(f, 'generated', False)
-            ]
-            for obj in updated:
+            self._update_rows(using, updated)
+
+    def _update_rows(self, using: str, objs: list) -> None:
+        """Write ``objs`` back as ``save()`` would: every concrete field, ``pre_save`` applied;
+        one UPDATE statement run with the parameters of every row (``executemany``)."""
+        meta = self.model._meta
+        connection = connections[using]
+        fields = [
+            f
+            for f in meta.concrete_fields
+            if not f.primary_key and not getattr(f, 'generated', False)
+        ]
+        if any(hasattr(f, 'get_placeholder') for f in fields):
+            for obj in objs:
                 for field in fields:
-                    # What save() does: auto_now fields take the current time.
                     field.pre_save(obj, False)
-            manager.bulk_update(updated, [f.name for f in fields], batch_size=_CHUNK)
+            self.model._default_manager.using(using).bulk_update(
+                objs, [f.name for f in fields], batch_size=_CHUNK
+            )
+            return
+        quote = connection.ops.quote_name
+        sql = 'UPDATE {} SET {} WHERE {} = %s'.format(
+            quote(meta.db_table),
+            ', '.join(f'{quote(f.column)} = %s' for f in fields),
+            quote(meta.pk.column),
+        )
+        params = [
+            [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in fields]
+            + [meta.pk.get_db_prep_save(obj.pk, connection)]
+            for obj in objs
+        ]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
 
     def create_instance(
         self,
