@@ -1,6 +1,6 @@
 """Benchmark of django-cqrs publishing and consuming over a local RabbitMQ.
 
-    python -m bench.run [--n 3000] [--database sqlite|postgresql]
+    python -m bench.run [--n 3000] [--consume-n 10000] [--database sqlite|postgresql]
 
 Starts what it needs (``scripts/services.sh up rabbitmq``), uses SQLite files in a temporary
 directory and prints one JSON line with the figures.
@@ -138,9 +138,10 @@ def _queue_state() -> tuple[int, int]:
     return method.message_count, method.consumer_count
 
 
-def _replica_count(env: dict[str, str], min_id: int = 0) -> int:
+def _replica_count(env: dict[str, str], min_id: int = 0, updated: bool = False) -> int:
+    sql = 'SELECT COUNT(*) FROM benchapp_benchreplica WHERE id >= ?'
     with _ReplicaDB(env) as db:
-        return db.rows('SELECT COUNT(*) FROM benchapp_benchreplica WHERE id >= ?', (min_id,))[0][0]
+        return db.rows(sql + (' AND value = -1' if updated else ''), (min_id,))[0][0]
 
 
 def _clear_replica(env: dict[str, str]) -> None:
@@ -251,8 +252,12 @@ def bench_outbox(n: int) -> dict:
     return result
 
 
-def bench_consume(n: int, workers: int, replica_env: dict[str, str]) -> float:
-    """Publish n new rows with no consumer running, then time the consumer applying them."""
+def bench_consume(n: int, workers: int, replica_env: dict[str, str], updates: bool = False):
+    """Publish n new rows with no consumer running, then time the consumer applying them.
+
+    With ``updates``: the n rows are first applied, then each is updated once while the
+    consumer is stopped; the consumer is timed applying the n updates.
+    """
     from django.db import transaction
 
     from bench.benchapp.models import BenchMaster
@@ -261,16 +266,29 @@ def bench_consume(n: int, workers: int, replica_env: dict[str, str]) -> float:
     _declare_and_purge()
     _clear_replica(replica_env)
     with transaction.atomic():
-        first = BenchMaster.objects.create(name='consume 0')
-        for i in range(1, n):
-            BenchMaster.objects.create(name=f'consume {i}', value=i)
+        rows = [BenchMaster.objects.create(name=f'consume {i}', value=i) for i in range(n)]
+    first = rows[0].pk
     RabbitMQTransport.flush()
+    if updates:
+        process = _start_consumer(replica_env, workers)
+        while _replica_count(replica_env, first) < n:
+            time.sleep(0.01)
+        _stop(process)
+        with transaction.atomic():
+            for row in rows:
+                row.value = -1
+                row.save()
+        RabbitMQTransport.flush()
     while _queue_state()[0] < n:
         time.sleep(0.01)
     process = _start_consumer(replica_env, workers)
     start = time.perf_counter()
-    while _replica_count(replica_env, first.pk) < n:
-        time.sleep(0.005)
+    if updates:
+        while _replica_count(replica_env, first, updated=True) < n:
+            time.sleep(0.005)
+    else:
+        while _replica_count(replica_env, first) < n:
+            time.sleep(0.005)
     elapsed = time.perf_counter() - start
     _stop(process)
     return round(n / elapsed)
@@ -319,6 +337,9 @@ def bench_latency(replica_env: dict[str, str], count: int = 200, gap: float = 0.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--n', type=int, default=3000)
+    parser.add_argument(
+        '--consume-n', type=int, default=10000, help='messages of each consume measure'
+    )
     parser.add_argument('--database', choices=['sqlite', 'postgresql'], default='sqlite')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix='cqrs-bench-') as tmp:
@@ -330,8 +351,12 @@ def main() -> None:
         result.update(bench_transaction(args.n))
         _declare_and_purge()
         result.update(bench_outbox(args.n))
-        result['consume_msgs_per_s_1_worker'] = bench_consume(args.n, 1, replica_env)
-        result['consume_msgs_per_s_2_workers'] = bench_consume(args.n, 2, replica_env)
+        result['consume_n'] = args.consume_n
+        result['consume_msgs_per_s_1_worker'] = bench_consume(args.consume_n, 1, replica_env)
+        result['consume_msgs_per_s_2_workers'] = bench_consume(args.consume_n, 2, replica_env)
+        result['consume_updates_msgs_per_s_1_worker'] = bench_consume(
+            args.consume_n, 1, replica_env, updates=True
+        )
         result.update(bench_latency(replica_env))
         from dj_cqrs.conf import cqrs_settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import Error, IntegrityError, router, transaction
+from django.db import Error, IntegrityError, connections, router, transaction
 from django.db.models import F, Manager, Model, QuerySet, signals
 from django.utils import timezone
 
@@ -196,6 +196,134 @@ class ReplicaManager(Manager):
             results[index] = self.save_instance(mapped, sync=sync)
         return results
 
+    def apply_batch(self, messages: list[tuple[bool, dict, bool]]) -> list[Any]:
+        """Apply ``(is_delete, data, sync)`` messages in order with bulk statements.
+
+        The results and the log lines are those of ``cqrs_save`` / ``cqrs_delete`` called once
+        per message in the same order: the revision rules are decided in memory from one
+        lookup query, then the rows are written with one DELETE, one INSERT and one UPDATE
+        (per chunk). The log lines are emitted once the writes succeeded. Anything these
+        statements cannot reproduce exactly raises: the caller rolls back and applies the
+        messages one by one. Only for models that ``batch_kind`` accepts.
+        """
+        model = self.model
+        pk_field = model._meta.pk
+        revision_field = model._meta.get_field('cqrs_revision')
+        log = _DeferredLog()
+        results: list[Any] = [None] * len(messages)
+        plan: list[tuple[int, bool, Any, dict, bool]] = []
+        for index, (is_delete, data, sync) in enumerate(messages):
+            log.index = index
+            if is_delete:
+                if 'id' not in data:
+                    _log_pk_error(model.CQRS_ID, log)
+                    results[index] = False
+                    continue
+                if not _has_cqrs_fields(data, model.CQRS_ID, log):
+                    results[index] = False
+                    continue
+                raw_pk = data['id']
+                mapped = data
+            else:
+                mapped = self._map_save_data(data, log)
+                if mapped is None:
+                    continue
+                raw_pk = mapped[self._pk_key(mapped)]
+            if raw_pk is None:
+                raise _NotBatchable('a primary key is None')
+            plan.append((index, is_delete, pk_field.to_python(raw_pk), mapped, sync))
+
+        using = self._write_db
+        queryset = model._default_manager.using(using)
+        if model.CQRS_SELECT_FOR_UPDATE:
+            queryset = queryset.select_for_update().order_by('pk')
+        pks = list(dict.fromkeys(pk for _, _, pk, _, _ in plan))
+        rows: dict[Any, _BatchRow] = {pk: _BatchRow() for pk in pks}
+        for start in range(0, len(pks), _CHUNK):
+            for obj in queryset.filter(pk__in=pks[start : start + _CHUNK]):
+                row = rows.get(obj.pk)
+                if row is None:
+                    raise _NotBatchable(f'pk {obj.pk!r} is not one of the looked-up values')
+                row.obj, row.stored, row.revision = obj, True, obj.cqrs_revision
+
+        for index, is_delete, pk, mapped, sync in plan:
+            log.index = index
+            row = rows[pk]
+            if is_delete:
+                if row.obj is not None and row.stored:
+                    row.delete = True
+                row.obj = None
+                results[index] = True
+                continue
+            values = self.model_field_values(mapped)
+            revision = revision_field.to_python(mapped['cqrs_revision'])
+            if row.obj is None:
+                row.obj, row.stored, row.revision = model(**values), False, revision
+                results[index] = row.obj
+                continue
+            pk_value = row.obj.pk if row.stored else pk
+            new = mapped['cqrs_revision']
+            if _revision_allows_update(pk_value, new, row.revision, sync, model.CQRS_ID, log):
+                for name, value in values.items():
+                    setattr(row.obj, name, value)
+                row.revision = revision
+                row.changed = row.stored
+            results[index] = row.obj
+
+        self._write_batch(using, rows.items())
+        log.replay()
+        return results
+
+    def _write_batch(self, using: str, rows: Any) -> None:
+        model = self.model
+        manager = model._default_manager.using(using)
+        deleted, created, updated = [], [], []
+        for pk, row in rows:
+            if row.delete:
+                deleted.append(pk)
+            if row.obj is not None and not row.stored:
+                created.append(row.obj)
+            elif row.changed and row.obj is not None:
+                updated.append(row.obj)
+        for start in range(0, len(deleted), _CHUNK):
+            manager.filter(pk__in=deleted[start : start + _CHUNK]).delete()
+        if created:
+            manager.bulk_create(created, batch_size=_CHUNK)
+        if updated:
+            self._update_rows(using, updated)
+
+    def _update_rows(self, using: str, objs: list) -> None:
+        """Write ``objs`` back as ``save()`` would: every concrete field, ``pre_save`` applied;
+        one UPDATE statement run with the parameters of every row (``executemany``)."""
+        meta = self.model._meta
+        connection = connections[using]
+        fields = [
+            f
+            for f in meta.concrete_fields
+            if not f.primary_key and not getattr(f, 'generated', False)
+        ]
+        if any(hasattr(f, 'get_placeholder') for f in fields):
+            for obj in objs:
+                for field in fields:
+                    field.pre_save(obj, False)
+            self.model._default_manager.using(using).bulk_update(
+                objs, [f.name for f in fields], batch_size=_CHUNK
+            )
+            return
+        quote = connection.ops.quote_name
+        sql = 'UPDATE {} SET {} WHERE {} = %s'.format(
+            quote(meta.db_table),
+            ', '.join(f'{quote(f.column)} = %s' for f in fields),
+            quote(meta.pk.column),
+        )
+        params = [
+            [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in fields]
+            + [meta.pk.get_db_prep_save(obj.pk, connection)]
+            for obj in objs
+        ]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+
     def create_instance(
         self,
         mapped_data: dict,
@@ -234,47 +362,8 @@ class ReplicaManager(Manager):
         pk_value = instance.pk
         cqrs_id = self.model.CQRS_ID
         new = mapped_data['cqrs_revision']
-        existing = instance.cqrs_revision
-        if sync:
-            if existing > new:
-                logger.warning(
-                    'CQRS revision downgrade on sync: pk = %s, cqrs_revision = new %s / '
-                    'existing %s (%s).',
-                    pk_value,
-                    new,
-                    existing,
-                    cqrs_id,
-                )
-        else:
-            if existing > new:
-                logger.error(
-                    'Wrong CQRS sync order: pk = %s, cqrs_revision = new %s / existing %s (%s).',
-                    pk_value,
-                    new,
-                    existing,
-                    cqrs_id,
-                )
-                return instance
-            if existing == new:
-                logger.error(
-                    'Received duplicate CQRS data: pk = %s, cqrs_revision = %s (%s).',
-                    pk_value,
-                    new,
-                    cqrs_id,
-                )
-                if new == 0:
-                    logger.warning(
-                        'CQRS potential creation race condition: pk = %s (%s).', pk_value, cqrs_id
-                    )
-                return instance
-            if new != existing + 1:
-                logger.warning(
-                    'Lost or filtered out %s CQRS packages: pk = %s, cqrs_revision = %s (%s)',
-                    new - existing - 1,
-                    pk_value,
-                    new,
-                    cqrs_id,
-                )
+        if not _revision_allows_update(pk_value, new, instance.cqrs_revision, sync, cqrs_id):
+            return instance
         try:
             with transaction.atomic(using=self._write_db):
                 return instance.cqrs_update(
@@ -324,25 +413,25 @@ class ReplicaManager(Manager):
         pk = self.model._meta.pk
         return pk.name if pk.name in mapped_data else pk.attname
 
-    def _map_save_data(self, master_data: dict) -> dict | None:
+    def _map_save_data(self, master_data: dict, log: Any = logger) -> dict | None:
         model = self.model
-        if not _has_cqrs_fields(master_data, model.CQRS_ID):
+        if not _has_cqrs_fields(master_data, model.CQRS_ID, log):
             return None
-        mapped = self._make_initial_mapping(master_data)
+        mapped = self._make_initial_mapping(master_data, log)
         if mapped is None:
             return None
         pk = model._meta.pk
         if pk.name not in mapped and pk.attname not in mapped:
-            _log_pk_error(model.CQRS_ID)
+            _log_pk_error(model.CQRS_ID, log)
             return None
         if model.CQRS_CUSTOM_SERIALIZATION:
             return mapped
         mapped = self._remove_excessive_data(mapped)
-        if not self._all_required_fields_are_filled(mapped):
+        if not self._all_required_fields_are_filled(mapped, log):
             return None
         return mapped
 
-    def _make_initial_mapping(self, master_data: dict) -> dict | None:
+    def _make_initial_mapping(self, master_data: dict, log: Any = logger) -> dict | None:
         mapping = self.model.CQRS_MAPPING
         if not mapping:
             return dict(master_data)
@@ -352,7 +441,7 @@ class ReplicaManager(Manager):
         }
         for master_name, replica_name in mapping.items():
             if master_name not in master_data:
-                logger.error(
+                log.error(
                     'Bad master-replica mapping for %s (%s).', master_name, self.model.CQRS_ID
                 )
                 return None
@@ -380,7 +469,7 @@ class ReplicaManager(Manager):
                 result[field.attname] = data[field.attname]
         return result
 
-    def _all_required_fields_are_filled(self, mapped_data: dict) -> bool:
+    def _all_required_fields_are_filled(self, mapped_data: dict, log: Any = logger) -> bool:
         missing = [
             field.name
             for field in self.model._meta.concrete_fields
@@ -390,13 +479,108 @@ class ReplicaManager(Manager):
             and field.attname not in mapped_data
         ]
         if missing:
-            logger.error(
+            log.error(
                 'Not all required CQRS fields are provided in data (%s). Missing: %s.',
                 self.model.CQRS_ID,
                 ', '.join(missing),
             )
             return False
         return True
+
+
+class _NotBatchable(Exception):
+    """A batch the bulk statements cannot apply exactly as the per-message path would."""
+
+
+class _BatchRow:
+    """The state of one primary key while a batch is decided in memory."""
+
+    __slots__ = ('obj', 'stored', 'revision', 'changed', 'delete')
+
+    def __init__(self) -> None:
+        self.obj: Any = None  # the row as it is after the messages seen so far (None: absent)
+        self.stored = False  # ``obj`` is the row read from the database
+        self.revision: Any = None
+        self.changed = False  # the stored row was updated
+        self.delete = False  # the stored row is deleted (maybe created again afterwards)
+
+
+class _DeferredLog:
+    """Log calls kept with the index of their message and emitted in message order."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.calls: list[tuple[int, Any, tuple]] = []
+
+    def error(self, *args: Any) -> None:
+        self.calls.append((self.index, logger.error, args))
+
+    def warning(self, *args: Any) -> None:
+        self.calls.append((self.index, logger.warning, args))
+
+    def replay(self) -> None:
+        for _, method, args in sorted(self.calls, key=lambda call: call[0]):
+            method(*args)
+
+
+_ROW_SIGNALS = (
+    signals.pre_init,
+    signals.post_init,
+    signals.pre_save,
+    signals.post_save,
+    signals.pre_delete,
+    signals.post_delete,
+)
+_MANAGER_METHODS = (
+    'save_instance',
+    'create_instance',
+    'update_instance',
+    'delete_instance',
+    'model_field_values',
+    '_map_save_data',
+)
+
+
+def batch_kind(model: type) -> str | None:
+    """How the consumer may apply a batch of messages of replica ``model``.
+
+    None: one by one through the hooks (the model overrides a ``cqrs_*`` hook or ``save()``,
+    has signal receivers, sets ``CQRS_NO_DB_OPERATIONS``, has a custom ``cqrs`` manager or
+    default manager ``create()``, inherits a concrete model or relates to itself).
+    ``'isolated'``: in bulk, and the model has no relation to any other model, so its batch
+    may be applied out of turn with other models' messages. ``'related'``: in bulk, in turn.
+    """
+    if not issubclass(model, Model):
+        return None
+    meta = model._meta
+    if (
+        model.CQRS_NO_DB_OPERATIONS
+        or meta.abstract
+        or any(
+            _overrides(model, hook)
+            for hook in ('cqrs_save', 'cqrs_create', 'cqrs_update', 'cqrs_delete')
+        )
+        or model.save is not Model.save
+        or any(link is not None for link in meta.parents.values())
+    ):
+        return None
+    manager = getattr(model, 'cqrs', None)
+    if not isinstance(manager, ReplicaManager) or any(
+        getattr(type(manager), name) is not getattr(ReplicaManager, name)
+        for name in _MANAGER_METHODS
+    ):
+        return None
+    default = model._default_manager
+    if type(default).create is not Manager.create or default._queryset_class.create is not (
+        QuerySet.create
+    ):
+        return None
+    if any(signal.has_listeners(model) for signal in _ROW_SIGNALS):
+        return None
+    relations = [f for f in meta.get_fields(include_hidden=True) if f.is_relation]
+    if any(f.related_model in (model, meta.concrete_model) for f in relations):
+        return None
+    return 'related' if relations else 'isolated'
 
 
 # The class whose replica hooks are the defaults (named, not imported: ``dj_cqrs.mixins``
@@ -410,12 +594,58 @@ def _overrides(model: type, name: str) -> bool:
     return (owner.__module__, owner.__qualname__) != _DEFAULT_HOOKS_OWNER
 
 
-def _has_cqrs_fields(master_data: dict, cqrs_id: str) -> bool:
+def _revision_allows_update(
+    pk_value: Any, new: Any, existing: Any, sync: bool, cqrs_id: str, log: Any = logger
+) -> bool:
+    """Whether data of revision ``new`` updates a row at revision ``existing`` (and the log
+    lines of the verdict): a SYNC always does, a SAVE only when it is newer."""
+    if sync:
+        if existing > new:
+            log.warning(
+                'CQRS revision downgrade on sync: pk = %s, cqrs_revision = new %s / '
+                'existing %s (%s).',
+                pk_value,
+                new,
+                existing,
+                cqrs_id,
+            )
+        return True
+    if existing > new:
+        log.error(
+            'Wrong CQRS sync order: pk = %s, cqrs_revision = new %s / existing %s (%s).',
+            pk_value,
+            new,
+            existing,
+            cqrs_id,
+        )
+        return False
+    if existing == new:
+        log.error(
+            'Received duplicate CQRS data: pk = %s, cqrs_revision = %s (%s).',
+            pk_value,
+            new,
+            cqrs_id,
+        )
+        if new == 0:
+            log.warning('CQRS potential creation race condition: pk = %s (%s).', pk_value, cqrs_id)
+        return False
+    if new != existing + 1:
+        log.warning(
+            'Lost or filtered out %s CQRS packages: pk = %s, cqrs_revision = %s (%s)',
+            new - existing - 1,
+            pk_value,
+            new,
+            cqrs_id,
+        )
+    return True
+
+
+def _has_cqrs_fields(master_data: dict, cqrs_id: str, log: Any = logger) -> bool:
     if 'cqrs_revision' in master_data and 'cqrs_updated' in master_data:
         return True
-    logger.error('CQRS sync fields are not provided in data (%s).', cqrs_id)
+    log.error('CQRS sync fields are not provided in data (%s).', cqrs_id)
     return False
 
 
-def _log_pk_error(cqrs_id: str) -> None:
-    logger.error('CQRS PK is not provided in data (%s).', cqrs_id)
+def _log_pk_error(cqrs_id: str, log: Any = logger) -> None:
+    log.error('CQRS PK is not provided in data (%s).', cqrs_id)

@@ -2,15 +2,18 @@
 
 A transport feeds ``Worker.handle_batch`` with the deliveries it received and gives it three
 callables: ``ack(handle)``, ``reject(handle)`` (drop without requeue), called with a
-delivery's ``handle``, and ``publish(routing_key, body, expiration)``. The worker parses each
-body, applies it through the consumer controller (a batch shares one database transaction,
-each message in a savepoint of its own; acknowledgements follow the commit), and routes
+delivery's ``handle``, and ``publish(routing_key, body, expiration)``; optionally
+``ack_through(handle)``, which acknowledges every unsettled delivery up to this one (AMQP
+``multiple``), for the successes of a batch. The worker parses each
+body, applies it through the consumer controller (a batch shares one database transaction and
+is applied by ``consumer.consume_batch``; acknowledgements follow the commit), and routes
 failures (a falsy result or an exception) to the ``dj_cqrs.delay.DelayQueue``, back to the
 replica queue with ``retries + 1``, or to the dead-letter queue.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -87,6 +90,7 @@ class Worker:
         reject: Callable[[Any], None],
         publish: Callable[[str, str, str | None], None],
         delay_queue_max_size: int | None | bool = False,
+        ack_through: Callable[[Any], None] | None = None,
     ) -> None:
         self.transport = transport
         self.queue = queue
@@ -98,9 +102,16 @@ class Worker:
             delay_queue_max_size = cqrs_settings.replica.delay_queue_max_size
         self.delay_queue = DelayQueue(delay_queue_max_size)
         self.inbox: list[Delivery] = []
+        self.ack_through = ack_through
+        # With ``ack_through``: the handles received and not yet settled, in delivery order.
+        self._unsettled: dict[Any, None] = {}
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
-        """Apply received deliveries: one transaction, a savepoint each, acks after commit."""
+        """Apply received deliveries in one transaction, acks after commit.
+
+        When the transaction fails to commit, the messages are applied again one by one, each
+        in a transaction of its own.
+        """
         ready = [d for d in deliveries if self._prepare(d)]
         if not ready:
             return
@@ -111,14 +122,17 @@ class Worker:
         else:
             try:
                 with transaction.atomic(using=self._batch_db(ready)):
-                    for delivery in ready:
-                        outcomes.append(self._apply(delivery))
+                    results = consumer.consume_batch([delivery.payload for delivery in ready])
+                outcomes = [
+                    (delivery, result, exc)
+                    for delivery, (result, exc) in zip(ready, results, strict=True)
+                ]
             except Exception as exc:
                 logger.error('CQRS batch of %s messages failed to commit: %s', len(ready), exc)
                 outcomes = [self._apply(delivery) for delivery in ready]
+        self._ack_all([delivery.handle for delivery, result, _ in outcomes if result])
         for delivery, result, exc in outcomes:
             if result:
-                self.ack(delivery.handle)
                 self.transport.log_consumed_accepted(delivery.payload)
             else:
                 self._fail(delivery, exc)
@@ -126,6 +140,8 @@ class Worker:
     def receive(self, delivery: Delivery) -> None:
         """Keep a delivery for the next batch (called from the transport's message callback)."""
         self.inbox.append(delivery)
+        if self.ack_through is not None:
+            self._unsettled[delivery.handle] = None
 
     def run(self, stop: Any, poll: Callable[[float], None], max_wait: float = 0.5) -> None:
         """Until ``stop`` is set: ``poll(timeout)`` the broker, apply what arrived, retry what
@@ -147,6 +163,7 @@ class Worker:
         payload, error = parse_body(delivery.body)
         if payload is None:
             logger.error(error)
+            self._unsettled.pop(delivery.handle, None)
             self.reject(delivery.handle)
             return False
         payload.queue = queue_from_routing_key(delivery.routing_key, payload.cqrs_id)
@@ -192,16 +209,36 @@ class Worker:
         self.delay_queue.put(message)
         self.transport.log_delayed(payload, delay, message.eta)
 
+    def _ack(self, handle: Any) -> None:
+        self._unsettled.pop(handle, None)
+        self.ack(handle)
+
+    def _ack_all(self, handles: list[Any]) -> None:
+        """Acknowledge ``handles``: the ones that lead the unsettled deliveries with one
+        ``ack_through`` (none of the deliveries held for a retry is among them), the rest one by
+        one."""
+        if self.ack_through is not None and len(handles) > 1:
+            wanted = set(handles)
+            leading = list(itertools.takewhile(wanted.__contains__, self._unsettled))
+            if len(leading) > 1:
+                for handle in leading:
+                    del self._unsettled[handle]
+                self.ack_through(leading[-1])
+                wanted.difference_update(leading)
+                handles = [handle for handle in handles if handle in wanted]
+        for handle in handles:
+            self._ack(handle)
+
     def _requeue(self, handle: Any, payload: TransportPayload) -> None:
         payload.retries += 1
         routing_key = f'cqrs.{self.queue}.{payload.cqrs_id}'
         self.publish(routing_key, ujson.dumps(payload.to_dict()), None)
-        self.ack(handle)
+        self._ack(handle)
         self.transport.log_requeued(payload)
 
     def _dead_letter(self, delivery: Delivery) -> None:
         payload = delivery.payload
         routing_key = f'cqrs.{self.dead_letter_queue}.{payload.cqrs_id}'
         self.publish(routing_key, ujson.dumps(payload.to_dict()), dead_letter_expiration())
-        self.ack(delivery.handle)
+        self._ack(delivery.handle)
         self.transport.log_dead_letter(payload)

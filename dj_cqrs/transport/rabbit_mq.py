@@ -592,6 +592,7 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
             ack=lambda delivery_tag: channel.basic_ack(delivery_tag),
             reject=lambda delivery_tag: channel.basic_reject(delivery_tag, requeue=False),
             publish=publish,
+            ack_through=lambda delivery_tag: channel.basic_ack(delivery_tag, multiple=True),
         )
         channel.basic_consume(queue, on_message, auto_ack=False)
         logger.info('CQRS consumer is ready: queue %s at %s.', queue, broker_location())
