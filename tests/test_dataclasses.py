@@ -322,3 +322,25 @@ def test_master_update_and_delete_messages(produced):
     assert delete_data['id'] == 12
     assert delete_data['cqrs_revision'] == 2
     assert not SimplestReplica.objects.filter(pk=12).exists()
+
+
+@pytest.mark.parametrize(
+    ('written', 'expected'),
+    [
+        ('2026-12-01T15:00:00+00:00', datetime(2026, 12, 1, 15, tzinfo=timezone.utc)),
+        ('2026-12-01T15:00:00.5+00:00', datetime(2026, 12, 1, 15, 0, 0, 500000, timezone.utc)),
+        ('2026-12-01T15:00:00', datetime(2026, 12, 1, 15)),
+        ('Dec 1 2026 15:00 UTC', datetime(2026, 12, 1, 15, tzinfo=timezone.utc)),
+    ],
+)
+def test_expires_is_read_from_iso_and_from_other_date_formats(written, expected):
+    body = {
+        'signal_type': 'SAVE',
+        'cqrs_id': 'basic',
+        'instance_data': {},
+        'instance_pk': 1,
+        'expires': written,
+    }
+    payload = TransportPayload.from_message(body)
+    assert payload.expires == expected
+    assert payload.to_dict()['expires'] == expected.replace(microsecond=0).isoformat()
