@@ -27,6 +27,12 @@ BROWSER_FIXTURES = frozenset({'open_browser'})
 DATABASE_FIXTURES = frozenset({'db', 'transactional_db', 'django_db_setup'})
 
 _current: set[str] | None = None
+# Resolved when the plugin loads: some tests change the working directory.
+_path = (
+    os.path.abspath(os.environ['CQRS_TEST_EVIDENCE'])
+    if os.environ.get('CQRS_TEST_EVIDENCE')
+    else None
+)
 
 
 def touched(kind: str) -> None:
@@ -70,8 +76,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    path = os.environ.get('CQRS_TEST_EVIDENCE')
-    if not path or report.when != 'call' or not report.passed or _current is None:
+    if not _path or report.when != 'call' or not report.passed or _current is None:
         return
-    with open(path, 'a', encoding='utf-8') as stream:
+    with open(_path, 'a', encoding='utf-8') as stream:
         stream.write(json.dumps({'test': report.nodeid, 'kinds': sorted(_current)}) + '\n')
