@@ -31,7 +31,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from itertools import count
 from pathlib import Path
@@ -39,15 +38,15 @@ from pathlib import Path
 import pika
 import psycopg
 import pytest
-from pika.exceptions import AMQPError, ChannelClosedByBroker
+from pika.exceptions import ChannelClosedByBroker
 from psycopg import sql as pg_sql
 from psycopg.rows import dict_row
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.harness import PG_SERVER, ROOT, TIMEOUT, pg_admin, pg_connect, wait_for
+
 DEMO_DIR = ROOT / 'examples' / 'demo_project'
 MASTER_DIR = DEMO_DIR / 'master_service'
 REPLICA_DIR = DEMO_DIR / 'replica_service'
-AMQP_URL = os.environ.get('CQRS_TEST_AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672/%2F')
 PYTHON = sys.executable
 
 DB_VENDOR = os.environ.get('CQRS_TEST_DB_VENDOR', 'sqlite')
@@ -55,35 +54,11 @@ if DB_VENDOR not in ('sqlite', 'postgresql'):
     raise pytest.UsageError(
         f'CQRS_TEST_DB_VENDOR={DB_VENDOR!r}: expected "sqlite" (default) or "postgresql"'
     )
-PG_SERVER = {
-    'host': os.environ.get('CQRS_TEST_PG_HOST', '127.0.0.1'),
-    'port': os.environ.get('CQRS_TEST_PG_PORT', '5432'),
-    'user': os.environ.get('CQRS_TEST_PG_USER', 'cqrs'),
-    'password': os.environ.get('CQRS_TEST_PG_PASSWORD', 'cqrs'),
-}
 
-# Generous: the tests assert on outcomes, never on how fast they happen.
-TIMEOUT = 60.0
 COMMAND_TIMEOUT = 120.0
 
 # Variables of the pytest process that must not leak into a service's environment.
 _PRIVATE_ENV = ('DJANGO_SETTINGS_MODULE', 'DJANGO_CONFIGURATION', 'PYTEST_CURRENT_TEST')
-
-
-def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.1, message='condition'):
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``.
-
-    ``message`` may be a callable, evaluated only on failure (e.g. to show the current rows).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = message() if callable(message) else message
-            pytest.fail(f'timed out after {timeout} s waiting for {text}')
-        time.sleep(interval)
 
 
 def base_env() -> dict[str, str]:
@@ -102,7 +77,7 @@ def last_json_line(output: str):
 # --- broker ------------------------------------------------------------------------------------
 
 
-class Broker:
+class IsolatedExchange:
     """This test's exchange and queues on the shared RabbitMQ; all deleted at teardown."""
 
     def __init__(self, url: str) -> None:
@@ -146,21 +121,9 @@ class Broker:
                 connection.close()
 
 
-@pytest.fixture(scope='session')
-def amqp_url():
-    try:
-        pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close()
-    except AMQPError as exc:
-        pytest.fail(
-            f'RabbitMQ at {AMQP_URL} is not reachable ({exc!r}); start it with '
-            'scripts/services.sh up rabbitmq'
-        )
-    return AMQP_URL
-
-
 @pytest.fixture
 def broker(amqp_url):
-    broker = Broker(amqp_url)
+    broker = IsolatedExchange(amqp_url)
     yield broker
     broker.cleanup()
 
@@ -248,16 +211,6 @@ class PostgresDatabase:
         )
 
 
-def pg_connect(dbname: str) -> psycopg.Connection:
-    return psycopg.connect(dbname=dbname, autocommit=True, connect_timeout=10, **PG_SERVER)
-
-
-def pg_admin(statement) -> None:
-    """Run CREATE / DROP DATABASE on the server's ``postgres`` database."""
-    with pg_connect('postgres') as connection:
-        connection.execute(statement)
-
-
 # Database names: unique to this pytest run (and to each database made in it).
 _PG_RUN = uuid.uuid4().hex[:8]
 _PG_NUMBERS = count(1)
@@ -316,7 +269,7 @@ class Service:
         env: dict[str, str],
         database: SqliteDatabase | PostgresDatabase,
         log_dir: Path,
-        broker: Broker,
+        broker: IsolatedExchange,
         queue: str | None = None,
     ) -> None:
         self.name = name
@@ -519,7 +472,7 @@ def demo_databases(tmp_path_factory, amqp_url, db_server):
 class Demo:
     """Factory of demo services sharing one test's exchange."""
 
-    def __init__(self, tmp_path: Path, broker: Broker, databases: dict) -> None:
+    def __init__(self, tmp_path: Path, broker: IsolatedExchange, databases: dict) -> None:
         self.tmp_path = tmp_path
         self.broker = broker
         self.databases = databases

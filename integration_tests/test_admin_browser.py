@@ -17,8 +17,8 @@ import urllib.request
 
 import pytest
 
-from integration_tests.conftest import TIMEOUT, books, seed_demo, wait_books_equal, wait_for
-from tests.transport.conftest import bodies_before_marker
+from integration_tests.conftest import books, seed_demo, wait_books_equal
+from tests.harness import TIMEOUT, bodies_before_marker, wait_for
 
 CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'

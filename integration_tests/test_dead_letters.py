@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from integration_tests.conftest import wait_for
+from tests.harness import wait_for
 
 CREATE = """
 import json

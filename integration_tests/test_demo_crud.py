@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 
-from integration_tests.conftest import books, wait_books_equal, wait_for
+from integration_tests.conftest import books, wait_books_equal
+from tests.harness import wait_for
 
 CREATE = """
 import json

@@ -7,7 +7,8 @@ names), as three separate processes connected by real pipes.
 
 from __future__ import annotations
 
-from integration_tests.conftest import books, pipeline, seed_demo, wait_books_equal, wait_for
+from integration_tests.conftest import books, pipeline, seed_demo, wait_books_equal
+from tests.harness import wait_for
 
 STALE_BEHIND_CQRS = """
 import json

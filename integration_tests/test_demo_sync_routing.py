@@ -5,7 +5,8 @@ Two demo replica services, each with its own queue and database, consume from on
 
 from __future__ import annotations
 
-from integration_tests.conftest import books, seed_demo, wait_books_equal, wait_for
+from integration_tests.conftest import books, seed_demo, wait_books_equal
+from tests.harness import wait_for
 
 RETITLE_BEHIND_CQRS = """
 import json

@@ -18,24 +18,21 @@ import pytest
 
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.transport.conftest import PG_SERVER, sqlite_write_lock, wait_for
-from tests.transport.test_faults import assert_replica_equals_master
-from tests.transport.test_rabbitmq import Broker, wire_body
+from tests.harness import (
+    PG_SERVER,
+    assert_replica_equals_master,
+    sqlite_write_lock,
+    wait_for,
+    wire_body,
+)
 
 APPLIED_SIMPLEST = re.compile(r'CQRS is applied: pk = (\d+) \(simplest\)')
 RECEIVED_SIMPLEST = re.compile(r'CQRS is received: pk = (\d+) \(simplest\)')
 VENDORS = pytest.mark.parametrize('vendor', ['sqlite', 'postgresql'])
 
 
-@pytest.fixture
-def broker(amqp_url, names):
-    """The shared broker seen through pika, with the replica queue declared and bound."""
-    result = Broker(amqp_url, names)
-    result.channel.queue_declare(names['queue'], durable=True)
-    for routing_key in ('simplest', 'flaky'):
-        result.channel.queue_bind(names['queue'], names['exchange'], routing_key)
-    yield result
-    result.close()
+# the conftest ``broker`` declares the replica queue and binds it to these routing keys
+REPLICA_QUEUE_BINDINGS = ('simplest', 'flaky')
 
 
 def applied(replica) -> Counter:

@@ -19,8 +19,7 @@ from dj_cqrs.management.commands import cqrs_sync
 from dj_cqrs.mixins import RawMasterMixin
 from dj_cqrs.transport import RabbitMQTransport, rabbit_mq
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import wait_for
-from tests.transport.test_rabbitmq import settle_publisher
+from tests.harness import settle_publisher, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

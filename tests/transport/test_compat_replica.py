@@ -13,7 +13,7 @@ import kombu
 import pytest
 
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import KOMBU, RABBIT, wait_for
+from tests.harness import KOMBU, RABBIT, wait_for
 
 DB_ERROR = 'dj_replica_dberrorreplica'
 UPDATED = '2024-01-01 00:00:00+00:00'

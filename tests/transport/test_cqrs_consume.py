@@ -20,7 +20,7 @@ from django.core.management import call_command
 from pika import exceptions as pika_exceptions
 
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.transport.conftest import ROOT, wait_for
+from tests.harness import ROOT, wait_for
 
 FLAKY = 'dj_replica_flakyreplica'
 FLAKY_ATTEMPT = 'dj_replica_flakyattempt'

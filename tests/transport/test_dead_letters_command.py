@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from dj_cqrs.transport import RabbitMQTransport
-from tests.transport.conftest import RABBIT, cqrs_settings_for
+from tests.harness import RABBIT, cqrs_settings_for
 
 EXPIRES = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$')
 

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterable
 
@@ -30,15 +29,19 @@ from django.test import override_settings
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import (
+from tests.harness import (
+    SIMPLEST,
+    assert_replica_equals_master,
+    master_rows,
     queue_depth,
     received_pks,
+    replica_rows,
     sqlite_write_lock,
     wait_for,
+    worker_pids,
 )
 from tests.transport.private_broker import port_open
 
-SIMPLEST = 'dj_replica_simplestreplica'
 RECONNECT = re.compile(r'CQRS consumer (lost the connection|cannot connect)')
 
 
@@ -57,32 +60,6 @@ def outbox_on():
     """``settings.CQRS['master']['outbox'] = True`` on top of what ``master(...)`` set."""
     return override_settings(
         CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], 'outbox': True}}
-    )
-
-
-def master_rows() -> list[tuple[int, int]]:
-    return sorted(SimplestModel.objects.values_list('id', 'cqrs_revision'))
-
-
-def replica_rows(replica) -> list[tuple[int, int]]:
-    return sorted(replica.query(f'SELECT id, cqrs_revision FROM {SIMPLEST}'))
-
-
-def assert_replica_equals_master(replica, timeout: float = 90) -> None:
-    """Wait until the replica table equals the master table; fail with a precise diff."""
-    expected = master_rows()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if replica_rows(replica) == expected:
-            return
-        time.sleep(0.2)
-    actual = replica_rows(replica)
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    assert actual == expected, (
-        f'replica != master after {timeout} s: master {len(expected)} rows, replica '
-        f'{len(actual)}; missing or stale {len(missing)} (first {missing[:10]}), unexpected '
-        f'{len(extra)} (first {extra[:10]})\nreplica log tail:\n{replica.log()[-3000:]}'
     )
 
 
@@ -117,13 +94,6 @@ def create_in_transactions(ids: list[int], transactions: int) -> None:
         with transaction.atomic():
             for pk in ids[start : start + size]:
                 SimplestModel.objects.create(id=pk, name=f'row {pk}')
-
-
-def worker_pids(replica) -> list[int]:
-    result = subprocess.run(
-        ['pgrep', '-P', str(replica.process.pid)], capture_output=True, text=True, check=False
-    )
-    return [int(pid) for pid in result.stdout.split()]
 
 
 def wait_count_stable(replica, seconds: float = 2.0, timeout: float = 60) -> int:

@@ -15,7 +15,7 @@ import pika
 import pytest
 
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.transport.conftest import KOMBU, RABBIT, sqlite_write_lock, wait_for
+from tests.harness import KOMBU, RABBIT, sqlite_write_lock, wait_for
 
 SIMPLEST = 'dj_replica_simplestreplica'
 FLAKY = 'dj_replica_flakyreplica'

@@ -12,10 +12,8 @@ from __future__ import annotations
 import re
 
 import psycopg
-import pytest
 
-from tests.transport.conftest import PG_SERVER, wait_equal, wait_for
-from tests.transport.test_rabbitmq import Broker, wire_body
+from tests.harness import PG_SERVER, wait_equal, wait_for, wire_body
 
 UPDATED = '2024-01-01 00:00:00+00:00'
 REGRESSIONS_TRIGGER = """
@@ -30,13 +28,6 @@ END $$;
 CREATE TRIGGER record_regression BEFORE UPDATE ON TABLE_NAME
     FOR EACH ROW EXECUTE FUNCTION record_regression();
 """
-
-
-@pytest.fixture
-def broker(amqp_url, names):
-    result = Broker(amqp_url, names)
-    yield result
-    result.close()
 
 
 def publish_save(broker, cqrs_id: str, pk: int, revision: int, name: str) -> None:

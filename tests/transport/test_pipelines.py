@@ -18,7 +18,7 @@ import sys
 import pika
 import pytest
 
-from tests.transport.conftest import ROOT, bodies_before_marker, wait_for
+from tests.harness import ROOT, bodies_before_marker, wait_for
 
 MASTER_TABLE = 'dj_master_simplestmodel'
 REPLICA_TABLE = 'dj_replica_simplestreplica'

@@ -13,11 +13,8 @@ import re
 import signal
 import socket
 import threading
-import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import pika
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -27,9 +24,15 @@ from django.test import override_settings
 
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.transport.conftest import sqlite_write_lock, wait_for
+from tests.harness import (
+    SIMPLEST,
+    settle_publisher,
+    sqlite_write_lock,
+    wait_for,
+    wire_body,
+    worker_pids,
+)
 
-SIMPLEST = 'dj_replica_simplestreplica'
 FLAKY = 'dj_replica_flakyreplica'
 FLAKY_ATTEMPT = 'dj_replica_flakyattempt'
 WIRE_KEYS = {
@@ -49,85 +52,6 @@ EXPIRES_FORMAT = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\+00:00|Z)?$')
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def settle_publisher(timeout: float = 10) -> None:
-    """Wait for the broker's confirms of what this process published.
-
-    Unconfirmed messages are kept for the next connection: left over, they would be published
-    again into the next test, whose exchange differs. (The conftest ``master`` fixture then
-    resets the publisher's connection state.)
-    """
-    RabbitMQTransport.flush(timeout=timeout)
-
-
-class Broker:
-    """A pika connection of the test itself: capture queues, queue counts, hand publishing."""
-
-    def __init__(self, url: str, names: dict) -> None:
-        self.names = names
-        self.exchange = names['exchange']
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
-        self.channel = self.connection.channel()
-        self.channel.exchange_declare(self.exchange, 'topic', durable=True)
-
-    def capture(self, routing_key: str = '#') -> str:
-        """Declare a queue bound to the test exchange; deleted by the ``names`` fixture."""
-        queue = f'capture_{uuid.uuid4().hex[:10]}'
-        self.names.setdefault('extra_queues', []).append(queue)
-        self.channel.queue_declare(queue, durable=True)
-        self.channel.queue_bind(queue, self.exchange, routing_key)
-        return queue
-
-    def count(self, queue: str) -> int:
-        """Ready messages in ``queue`` (the queue must exist)."""
-        return self.channel.queue_declare(queue, passive=True).method.message_count
-
-    def take(self, queue: str, number: int, timeout: float = 30) -> list[tuple]:
-        """Consume (ack) exactly ``number`` messages: [(routing key, properties, body dict)]."""
-        messages = []
-
-        def collect():
-            while len(messages) < number:
-                method, properties, body = self.channel.basic_get(queue, auto_ack=True)
-                if method is None:
-                    return False
-                messages.append((method.routing_key, properties, json.loads(body)))
-            return True
-
-        wait_for(collect, timeout, message=f'{number} messages in {queue} (got {messages})')
-        return messages
-
-    def peek(self, queue: str, number: int, timeout: float = 30) -> list[tuple]:
-        """Like ``take`` but the messages are put back (in order) afterwards."""
-        deliveries = []
-
-        def collect():
-            while len(deliveries) < number:
-                method, properties, body = self.channel.basic_get(queue, auto_ack=False)
-                if method is None:
-                    return False
-                deliveries.append((method, properties, body))
-            return True
-
-        try:
-            wait_for(collect, timeout, message=f'{number} messages in {queue}')
-        finally:
-            if deliveries:
-                self.channel.basic_nack(deliveries[-1][0].delivery_tag, multiple=True)
-        return [(m.routing_key, p, json.loads(b)) for m, p, b in deliveries]
-
-    def publish(self, body: bytes | str | dict, routing_key: str) -> None:
-        if isinstance(body, dict):
-            body = json.dumps(body)
-        if isinstance(body, str):
-            body = body.encode()
-        properties = pika.BasicProperties(content_type='text/plain', delivery_mode=2)
-        self.channel.basic_publish(self.exchange, routing_key, body, properties)
-
-    def close(self) -> None:
-        if self.connection.is_open:
-            self.connection.close()
-
-
 @pytest.fixture
 def master(master):
     """The conftest ``master``, plus: wait for the broker's confirms before its teardown.
@@ -138,48 +62,8 @@ def master(master):
     settle_publisher()
 
 
-@pytest.fixture
-def broker(amqp_url, names):
-    result = Broker(amqp_url, names)
-    yield result
-    result.close()
-
-
-def worker_pids(replica) -> list[int]:
-    """Worker processes of a running ``cqrs_consume`` (children of the supervisor)."""
-    children: set[int] = set()
-    for task in Path(f'/proc/{replica.process.pid}/task').iterdir():
-        try:
-            children.update(int(pid) for pid in (task / 'children').read_text().split())
-        except OSError:
-            continue
-    return sorted(children)
-
-
 def error_lines(replica) -> list[str]:
     return [line for line in replica.log().splitlines() if ' ERROR ' in line]
-
-
-def wire_body(pk: int, **changes) -> dict:
-    """A valid SAVE body for 'simplest', as the master would send it."""
-    body = {
-        'signal_type': 'SAVE',
-        'cqrs_id': 'simplest',
-        'instance_data': {
-            'id': pk,
-            'name': f'hand {pk}',
-            'cqrs_revision': 0,
-            'cqrs_updated': '2024-01-01 00:00:00+00:00',
-        },
-        'previous_data': None,
-        'instance_pk': pk,
-        'correlation_id': None,
-        'retries': 0,
-        'expires': None,
-        'meta': {},
-    }
-    body.update(changes)
-    return body
 
 
 def parse_expires(value: str) -> datetime:

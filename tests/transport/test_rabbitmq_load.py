@@ -15,8 +15,14 @@ from django.db import transaction
 
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import received_pks, sqlite_write_lock, wait_for
-from tests.transport.test_rabbitmq import SIMPLEST, Broker, settle_publisher, worker_pids
+from tests.harness import (
+    SIMPLEST,
+    received_pks,
+    settle_publisher,
+    sqlite_write_lock,
+    wait_for,
+    worker_pids,
+)
 
 TOTAL = 10_000
 BATCH = 1_000
@@ -27,13 +33,6 @@ APPLIED = re.compile(r'^\S+ \S+ (\d+) INFO CQRS is applied:', re.MULTILINE)
 def master(master):
     yield master
     settle_publisher(timeout=30)
-
-
-@pytest.fixture
-def broker(amqp_url, names):
-    result = Broker(amqp_url, names)
-    yield result
-    result.close()
 
 
 def publish_rows(total: int = TOTAL, first: int = 0) -> list[tuple]:

@@ -1,7 +1,7 @@
 import pytest
 
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import wait_for
+from tests.harness import wait_for
 
 
 @pytest.mark.django_db(transaction=True)

@@ -16,7 +16,7 @@ import subprocess
 import pika
 import pytest
 
-from tests.transport.conftest import handles_signal, sqlite_write_lock, wait_equal, wait_for
+from tests.harness import handles_signal, sqlite_write_lock, wait_equal, wait_for
 from tests.transport.private_broker import port_open
 
 MASTER_TABLE = 'dj_master_simplestmodel'

@@ -26,7 +26,7 @@ from django.test import override_settings
 
 from dj_cqrs.transport import RabbitMQTransport, current_transport
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import (
+from tests.harness import (
     KOMBU,
     RABBIT,
     bodies_before_marker,

@@ -8,7 +8,7 @@ from django.test import override_settings
 
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.transport.conftest import RABBIT, wait_for
+from tests.harness import RABBIT, wait_for
 
 
 @pytest.fixture

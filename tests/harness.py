@@ -1,0 +1,457 @@
+"""The one test harness of ``tests/`` and ``integration_tests/``: helpers shared by both trees.
+
+Plain functions and classes only; the fixtures built on them live in the root ``conftest.py``
+(shared by both trees), ``tests/transport/conftest.py`` and ``integration_tests/conftest.py``.
+The brokers and the PostgreSQL server come from ``scripts/services.sh up``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pika
+import pytest
+
+from tests._evidence import touched
+
+ROOT = Path(__file__).resolve().parents[1]
+AMQP_URL = os.environ.get('CQRS_TEST_AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672/%2F')
+REDIS_URL = os.environ.get('CQRS_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')
+PG_SERVER = {
+    'host': os.environ.get('CQRS_TEST_PG_HOST', '127.0.0.1'),
+    'port': os.environ.get('CQRS_TEST_PG_PORT', '5432'),
+    'user': os.environ.get('CQRS_TEST_PG_USER', 'cqrs'),
+    'password': os.environ.get('CQRS_TEST_PG_PASSWORD', 'cqrs'),
+}
+RABBIT = 'dj_cqrs.transport.RabbitMQTransport'
+KOMBU = 'dj_cqrs.transport.KombuTransport'
+
+SIMPLEST = 'dj_replica_simplestreplica'
+# Generous: the tests assert on outcomes, never on how fast they happen.
+TIMEOUT = 60.0
+
+
+def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.05, message='condition'):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``.
+
+    ``message`` may be a callable, evaluated only on failure (e.g. to show the current rows).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            pytest.fail(f'timed out after {timeout} s waiting for {text}')
+        time.sleep(interval)
+
+
+def wait_equal(expected, actual, timeout=60.0, message='the two sides to be equal'):
+    """Wait until ``actual()`` equals ``expected()``; fail showing both (and what differs)."""
+    state = {}
+
+    def equal():
+        state['expected'], state['actual'] = expected(), actual()
+        return state['expected'] == state['actual']
+
+    deadline = time.monotonic() + timeout
+    while not equal():
+        if time.monotonic() > deadline:
+            want, got = state['expected'], state['actual']
+            if isinstance(want, list | set) and isinstance(got, list | set):
+                detail = (
+                    f'missing {sorted(set(want) - set(got))[:10]}, '
+                    f'unexpected {sorted(set(got) - set(want))[:10]}'
+                )
+            else:
+                detail = f'expected {want!r}, got {got!r}'
+            pytest.fail(f'timed out after {timeout} s waiting for {message}: {detail}')
+        time.sleep(0.1)
+    return state['actual']
+
+
+def reset_publisher() -> None:
+    """Close this process's publishing connections and forget a broker unreachable a moment ago.
+
+    ``RabbitMQTransport`` fails publishes at once for a moment after a failed connection attempt
+    (whatever the URL of the next test), and ``clean_connection()`` keeps that pause; the
+    fixtures that make this process a publisher call this before and after each test.
+    """
+    from dj_cqrs.transport import KombuTransport, RabbitMQTransport
+
+    RabbitMQTransport.clean_connection()
+    KombuTransport.clean_connection()
+    publisher = RabbitMQTransport._publisher
+    publisher._unreachable = None
+    publisher._unreachable_until = 0.0
+
+
+def queue_depth(channel, queue: str) -> int:
+    """Ready messages in ``queue`` (which must exist), as the broker counts them."""
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+MARKER_ROUTING_KEY = 'cqrs_test.marker'
+
+
+def bodies_before_marker(channel, exchange: str, queue: str, timeout: float = 30) -> list[bytes]:
+    """Publish a marker to ``exchange`` and return the bodies that ``queue`` holds before it.
+
+    ``queue`` is bound to ``exchange`` with ``#``. Whatever was routed to it before the marker
+    (e.g. by a process that has exited, so whose messages are confirmed) comes first: an empty
+    list proves on the broker that nothing was published, without sleeping.
+    """
+    marker = f'marker-{uuid.uuid4().hex}'.encode()
+    channel.basic_publish(exchange, MARKER_ROUTING_KEY, marker)
+    bodies: list[bytes] = []
+
+    def marker_seen():
+        while True:
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return False
+            if body == marker:
+                return True
+            bodies.append(body)
+
+    wait_for(marker_seen, timeout, message=f'the marker in {queue} (before it: {bodies[:5]})')
+    return bodies
+
+
+def received_pks(log: str, pid: int) -> list[int]:
+    """pks that worker ``pid`` logged as received (INFO log of ``tests.settings_broker``).
+
+    A worker logs "CQRS is received" as it starts applying a message, before its write.
+    """
+    pattern = rf'^\S+ \S+ {pid} INFO CQRS is received: pk = (\d+) '
+    return [int(pk) for pk in re.findall(pattern, log, re.MULTILINE)]
+
+
+def handles_signal(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has installed a handler for ``signum`` (``SigCgt`` in /proc)."""
+    try:
+        status = Path(f'/proc/{pid}/status').read_text()
+    except OSError:
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith('SigCgt:'))
+    return bool(int(caught.split()[1], 16) & (1 << (signum - 1)))
+
+
+@contextmanager
+def sqlite_write_lock(path: Path):
+    """Hold the write lock of the SQLite database ``path`` (``BEGIN IMMEDIATE``) until exit."""
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        connection.execute('BEGIN IMMEDIATE')
+        yield connection
+    finally:
+        if connection.in_transaction:
+            connection.execute('ROLLBACK')
+        connection.close()
+
+
+def pg_connect(dbname: str):
+    """An autocommit connection to database ``dbname`` of the PostgreSQL test server."""
+    import psycopg
+
+    return psycopg.connect(dbname=dbname, autocommit=True, connect_timeout=10, **PG_SERVER)
+
+
+def pg_admin(statement) -> None:
+    """Run CREATE / DROP DATABASE on the server's ``postgres`` database."""
+    with pg_connect('postgres') as connection:
+        connection.execute(statement)
+
+
+def cqrs_settings_for(transport, url, names, **replica):
+    return {
+        'transport': transport,
+        'url': url,
+        'exchange': names['exchange'],
+        'queue': names['queue'],
+        'master': {'CQRS_MESSAGE_TTL': 3600},
+        'replica': {'CQRS_MAX_RETRIES': 3, 'CQRS_RETRY_DELAY': 1, **replica},
+    }
+
+
+def settle_publisher(timeout: float = 10) -> None:
+    """Wait for the broker's confirms of what this process published.
+
+    Unconfirmed messages are kept for the next connection: left over, they would be published
+    again into the next test, whose exchange differs. (The conftest ``master`` fixture then
+    resets the publisher's connection state.)
+    """
+    from dj_cqrs.transport import RabbitMQTransport
+
+    RabbitMQTransport.flush(timeout=timeout)
+
+
+class Broker:
+    """A pika connection of the test itself: capture queues, queue counts, hand publishing."""
+
+    def __init__(self, url: str, names: dict) -> None:
+        self.names = names
+        self.exchange = names['exchange']
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.exchange_declare(self.exchange, 'topic', durable=True)
+
+    def capture(self, routing_key: str = '#') -> str:
+        """Declare a queue bound to the test exchange; deleted by the ``names`` fixture."""
+        queue = f'capture_{uuid.uuid4().hex[:10]}'
+        self.names.setdefault('extra_queues', []).append(queue)
+        self.channel.queue_declare(queue, durable=True)
+        self.channel.queue_bind(queue, self.exchange, routing_key)
+        return queue
+
+    def count(self, queue: str) -> int:
+        """Ready messages in ``queue`` (the queue must exist)."""
+        return self.channel.queue_declare(queue, passive=True).method.message_count
+
+    def take(self, queue: str, number: int, timeout: float = 30) -> list[tuple]:
+        """Consume (ack) exactly ``number`` messages: [(routing key, properties, body dict)]."""
+        messages = []
+
+        def collect():
+            while len(messages) < number:
+                method, properties, body = self.channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    return False
+                messages.append((method.routing_key, properties, json.loads(body)))
+            return True
+
+        wait_for(collect, timeout, message=f'{number} messages in {queue} (got {messages})')
+        return messages
+
+    def peek(self, queue: str, number: int, timeout: float = 30) -> list[tuple]:
+        """Like ``take`` but the messages are put back (in order) afterwards."""
+        deliveries = []
+
+        def collect():
+            while len(deliveries) < number:
+                method, properties, body = self.channel.basic_get(queue, auto_ack=False)
+                if method is None:
+                    return False
+                deliveries.append((method, properties, body))
+            return True
+
+        try:
+            wait_for(collect, timeout, message=f'{number} messages in {queue}')
+        finally:
+            if deliveries:
+                self.channel.basic_nack(deliveries[-1][0].delivery_tag, multiple=True)
+        return [(m.routing_key, p, json.loads(b)) for m, p, b in deliveries]
+
+    def publish(self, body: bytes | str | dict, routing_key: str) -> None:
+        if isinstance(body, dict):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        properties = pika.BasicProperties(content_type='text/plain', delivery_mode=2)
+        self.channel.basic_publish(self.exchange, routing_key, body, properties)
+
+    def bind_replica_queue(self, *routing_keys: str) -> Broker:
+        """Declare the test's replica queue and bind it to ``routing_keys`` of the exchange."""
+        self.channel.queue_declare(self.names['queue'], durable=True)
+        for routing_key in routing_keys:
+            self.channel.queue_bind(self.names['queue'], self.exchange, routing_key)
+        return self
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()
+
+
+def worker_pids(replica) -> list[int]:
+    """Worker processes of a running ``cqrs_consume`` (children of the supervisor)."""
+    children: set[int] = set()
+    for task in Path(f'/proc/{replica.process.pid}/task').iterdir():
+        try:
+            children.update(int(pid) for pid in (task / 'children').read_text().split())
+        except OSError:
+            continue
+    return sorted(children)
+
+
+def wire_body(pk: int, **changes) -> dict:
+    """A valid SAVE body for 'simplest', as the master would send it."""
+    body = {
+        'signal_type': 'SAVE',
+        'cqrs_id': 'simplest',
+        'instance_data': {
+            'id': pk,
+            'name': f'hand {pk}',
+            'cqrs_revision': 0,
+            'cqrs_updated': '2024-01-01 00:00:00+00:00',
+        },
+        'previous_data': None,
+        'instance_pk': pk,
+        'correlation_id': None,
+        'retries': 0,
+        'expires': None,
+        'meta': {},
+    }
+    body.update(changes)
+    return body
+
+
+def master_rows() -> list[tuple[int, int]]:
+    """(id, cqrs_revision) of this process's master ``SimplestModel`` rows, sorted."""
+    from tests.dj_master.models import SimplestModel
+
+    return sorted(SimplestModel.objects.values_list('id', 'cqrs_revision'))
+
+
+def replica_rows(replica) -> list[tuple[int, int]]:
+    return sorted(replica.query(f'SELECT id, cqrs_revision FROM {SIMPLEST}'))
+
+
+def assert_replica_equals_master(replica, timeout: float = 90) -> None:
+    """Wait until the replica table equals the master table; fail with a precise diff."""
+    expected = master_rows()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if replica_rows(replica) == expected:
+            return
+        time.sleep(0.2)
+    actual = replica_rows(replica)
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    assert actual == expected, (
+        f'replica != master after {timeout} s: master {len(expected)} rows, replica '
+        f'{len(actual)}; missing or stale {len(missing)} (first {missing[:10]}), unexpected '
+        f'{len(extra)} (first {extra[:10]})\nreplica log tail:\n{replica.log()[-3000:]}'
+    )
+
+
+class ReplicaService:
+    """A replica service: its own SQLite database and a ``cqrs_consume`` process."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.db_path = tmp_path / f'replica-{uuid.uuid4().hex[:6]}.sqlite3'
+        self.log_path = self.db_path.with_suffix('.log')
+        self.env = {**os.environ, **env, 'CQRS_TEST_DB': str(self.db_path)}
+        self.env['DJANGO_SETTINGS_MODULE'] = 'tests.settings_broker'
+        self.env['PYTHONPATH'] = str(ROOT)
+        self.process: subprocess.Popen | None = None
+        self.manage('migrate', '--run-syncdb', '-v', '0')
+
+    def manage(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        """Run a management command of this service and return the finished process."""
+        return subprocess.run(
+            [sys.executable, '-m', 'django', *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=kwargs.pop('timeout', 120),
+            **kwargs,
+        )
+
+    def start(self, *args: str) -> ReplicaService:
+        """Start ``cqrs_consume`` with ``args``."""
+        log = self.log_path.open('a')
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'django', 'cqrs_consume', *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_ready(self, workers: int = 1, timeout: float = 30) -> None:
+        wait_for(
+            lambda: self.log().count('CQRS consumer is ready') >= workers,
+            timeout,
+            message=f'{workers} ready workers (log: {self.log()[-2000:]})',
+        )
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ''
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        connection = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+
+    def count(self, table: str = 'dj_replica_simplestreplica') -> int:
+        return self.query(f'SELECT COUNT(*) FROM {table}')[0][0]
+
+    def extend_settings(self, code: str) -> ReplicaService:
+        """Run this service's commands with ``tests.settings_broker`` followed by ``code``.
+
+        ``code`` is Python run at the end of a settings module of this service's own, e.g.
+        ``"CQRS['master']['outbox'] = True"``; it applies to the next ``manage`` / ``start``.
+        """
+        module = f'settings_{self.db_path.stem.replace("-", "_")}'
+        (self.db_path.parent / f'{module}.py').write_text(
+            f'from tests.settings_broker import *  # noqa: F403\n\n{code}\n'
+        )
+        self.env['PYTHONPATH'] = os.pathsep.join((str(ROOT), str(self.db_path.parent)))
+        self.env['DJANGO_SETTINGS_MODULE'] = module
+        return self
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        """Start ``manage.py <args>`` in the background, its output going to ``log()``."""
+        with self.log_path.open('a') as log:
+            return subprocess.Popen(
+                [sys.executable, '-m', 'django', *args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def drop(self) -> None:
+        """Remove the service's database (the SQLite file goes with ``tmp_path``)."""
+
+
+class PostgresReplicaService(ReplicaService):
+    """A replica service whose database is a PostgreSQL database of its own.
+
+    The server is the one of ``tests.settings_pg`` (``CQRS_TEST_PG_*`` variables); the
+    database is created here and dropped by ``drop()``.
+    """
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        touched('postgresql')
+        self.pg_name = f'cqrs_transport_{uuid.uuid4().hex[:12]}'
+        pg_admin(f'CREATE DATABASE {self.pg_name}')
+        super().__init__(
+            tmp_path,
+            {**env, 'CQRS_TEST_DB_ENGINE': 'postgresql', 'CQRS_TEST_DB_NAME': self.pg_name},
+        )
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(dbname=self.pg_name, autocommit=True, **PG_SERVER) as connection:
+            return connection.execute(sql.replace('?', '%s'), params).fetchall()
+
+    def drop(self) -> None:
+        pg_admin(f'DROP DATABASE IF EXISTS {self.pg_name} WITH (FORCE)')
