@@ -13,7 +13,7 @@ import kombu
 import pytest
 
 from tests.dj_master.models import SimplestModel
-from tests.harness import KOMBU, RABBIT, wait_for
+from tests.harness import KOMBU, RABBIT, wait_for, wire_body
 
 DB_ERROR = 'dj_replica_dberrorreplica'
 UPDATED = '2024-01-01 00:00:00+00:00'
@@ -46,17 +46,9 @@ def _clean_redis(url, names):
 
 
 def body(cqrs_id, pk, **fields):
-    return {
-        'signal_type': 'SAVE',
-        'cqrs_id': cqrs_id,
-        'instance_data': {'id': pk, **fields, 'cqrs_revision': 0, 'cqrs_updated': UPDATED},
-        'previous_data': None,
-        'instance_pk': pk,
-        'correlation_id': None,
-        'retries': 0,
-        'expires': None,
-        'meta': {},
-    }
+    """The wire body (``tests.harness.wire_body``) of a SAVE of ``cqrs_id`` with ``fields``."""
+    data = {'id': pk, **fields, 'cqrs_revision': 0, 'cqrs_updated': UPDATED}
+    return wire_body(pk, cqrs_id=cqrs_id, instance_data=data)
 
 
 def publish(url, names, routing_key, message):
