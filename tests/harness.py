@@ -455,3 +455,68 @@ class PostgresReplicaService(ReplicaService):
 
     def drop(self) -> None:
         pg_admin(f'DROP DATABASE IF EXISTS {self.pg_name} WITH (FORCE)')
+
+
+# --- helpers of the fault tests ----------------------------------------------------------------
+
+RECONNECT = re.compile(r'CQRS consumer (lost the connection|cannot connect)')
+
+
+@pytest.fixture(name='broker')
+def private_node_broker(private_broker):
+    """``broker`` of the fault tests: the module's private RabbitMQ node, running again after
+    the test whatever happened. Import it into a test module to use it there."""
+    from tests.transport.private_broker import port_open
+
+    yield private_broker
+    if not port_open(private_broker.port):
+        private_broker.start_app()
+
+
+def outbox_on():
+    """``settings.CQRS['master']['outbox'] = True`` on top of what ``master(...)`` set."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    return override_settings(
+        CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], 'outbox': True}}
+    )
+
+
+def create_in_transactions(ids: list[int], transactions: int) -> None:
+    """Create rows for ``ids`` in ``transactions`` transactions (published on each commit)."""
+    from django.db import transaction
+
+    from tests.dj_master.models import SimplestModel
+
+    size = -(-len(ids) // transactions)
+    for start in range(0, len(ids), size):
+        with transaction.atomic():
+            for pk in ids[start : start + size]:
+                SimplestModel.objects.create(id=pk, name=f'row {pk}')
+
+
+def relay_outbox() -> str:
+    """Run ``cqrs_relay --once`` in this process; return what it wrote on stderr."""
+    import io
+
+    from django.core.management import call_command
+
+    err = io.StringIO()
+    call_command('cqrs_relay', '--once', '--min-age', '0', '--database', 'default', stderr=err)
+    return err.getvalue()
+
+
+@contextmanager
+def write_lock(replica, vendor):
+    """Block the replica's writes to the simplest table until exit."""
+    if vendor == 'sqlite':
+        with sqlite_write_lock(replica.db_path):
+            yield
+        return
+    import psycopg
+
+    with psycopg.connect(dbname=replica.pg_name, **PG_SERVER) as connection:
+        connection.execute('LOCK TABLE dj_replica_simplestreplica IN EXCLUSIVE MODE')
+        yield
+        connection.rollback()

@@ -11,19 +11,16 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from contextlib import contextmanager
 
-import psycopg
 import pytest
 
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import FlakyModel, SimplestModel
 from tests.harness import (
-    PG_SERVER,
     assert_replica_equals_master,
-    sqlite_write_lock,
     wait_for,
     wire_body,
+    write_lock,
 )
 
 APPLIED_SIMPLEST = re.compile(r'CQRS is applied: pk = (\d+) \(simplest\)')
@@ -177,19 +174,6 @@ def test_item_01_custom_hook_model_in_the_same_batch_as_a_plain_one(
 
 
 # --- SIGTERM while a batch is applied -----------------------------------------------------------
-
-
-@contextmanager
-def write_lock(replica, vendor):
-    """Block the replica's writes to the simplest table until exit."""
-    if vendor == 'sqlite':
-        with sqlite_write_lock(replica.db_path):
-            yield
-        return
-    with psycopg.connect(dbname=replica.pg_name, **PG_SERVER) as connection:
-        connection.execute('LOCK TABLE dj_replica_simplestreplica IN EXCLUSIVE MODE')
-        yield
-        connection.rollback()
 
 
 @VENDORS

@@ -11,7 +11,6 @@ row: ``(id, cqrs_revision)``.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -21,46 +20,28 @@ from collections.abc import Iterable
 
 import pika
 import pytest
-from django.conf import settings
-from django.core.management import call_command
-from django.db import transaction
-from django.test import override_settings
 
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
 from tests.harness import (
+    RECONNECT,
     SIMPLEST,
     assert_replica_equals_master,
+    create_in_transactions,
     master_rows,
+    outbox_on,
+    private_node_broker,  # noqa: F401 (the ``broker`` fixture)
     queue_depth,
     received_pks,
+    relay_outbox,
     replica_rows,
     sqlite_write_lock,
     wait_for,
     worker_pids,
 )
-from tests.transport.private_broker import port_open
-
-RECONNECT = re.compile(r'CQRS consumer (lost the connection|cannot connect)')
-
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker(private_broker):
-    """The module's private RabbitMQ node, running again after the test whatever happened."""
-    yield private_broker
-    if not port_open(private_broker.port):
-        private_broker.start_app()
-
-
-def outbox_on():
-    """``settings.CQRS['master']['outbox'] = True`` on top of what ``master(...)`` set."""
-    return override_settings(
-        CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], 'outbox': True}}
-    )
 
 
 def save_changes(ids: Iterable[int], update_every: int = 0) -> tuple[int, float]:
@@ -87,15 +68,6 @@ def save_changes(ids: Iterable[int], update_every: int = 0) -> tuple[int, float]
     return saves, slowest
 
 
-def create_in_transactions(ids: list[int], transactions: int) -> None:
-    """Create rows for ``ids`` in ``transactions`` transactions (published on each commit)."""
-    size = -(-len(ids) // transactions)
-    for start in range(0, len(ids), size):
-        with transaction.atomic():
-            for pk in ids[start : start + size]:
-                SimplestModel.objects.create(id=pk, name=f'row {pk}')
-
-
 def wait_count_stable(replica, seconds: float = 2.0, timeout: float = 60) -> int:
     """Wait until the replica row count has not changed for ``seconds``; return it."""
     state = {'count': -1, 'since': time.monotonic()}
@@ -109,12 +81,6 @@ def wait_count_stable(replica, seconds: float = 2.0, timeout: float = 60) -> int
 
     wait_for(stable, timeout, interval=0.2, message='a stable replica row count')
     return state['count']
-
-
-def relay_outbox() -> str:
-    err = io.StringIO()
-    call_command('cqrs_relay', '--once', '--min-age', '0', '--database', 'default', stderr=err)
-    return err.getvalue()
 
 
 # --- 1 & 2: the broker is down while the master writes ---------------------------------------

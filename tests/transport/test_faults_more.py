@@ -28,23 +28,23 @@ from django.db import connection as master_connection
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.transport import test_faults
-from tests.transport.conftest import queue_depth, received_pks, wait_for
-from tests.transport.test_batch_apply import write_lock
-from tests.transport.test_faults import (
+from tests.harness import (
     RECONNECT,
     assert_replica_equals_master,
     create_in_transactions,
     outbox_on,
+    private_node_broker,  # noqa: F401 (the ``broker`` fixture)
+    queue_depth,
+    received_pks,
     relay_outbox,
+    wait_for,
     worker_pids,
+    write_lock,
 )
 
 APPLIED = re.compile(r'CQRS is applied: pk = (\d+) \(simplest\)')
 DUPLICATE = re.compile(r'Received duplicate CQRS data: pk = (\d+), ')
 RELAYED = re.compile(r'^Relayed (\d+) outbox messages\.$', re.MULTILINE)
-
-broker = test_faults.broker  # the private node, restarted after a test that stopped it
 
 
 def applied(replica) -> Counter:

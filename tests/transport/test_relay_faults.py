@@ -16,8 +16,13 @@ import subprocess
 import pika
 import pytest
 
-from tests.harness import handles_signal, sqlite_write_lock, wait_equal, wait_for
-from tests.transport.private_broker import port_open
+from tests.harness import (
+    handles_signal,
+    private_node_broker,  # noqa: F401 (the ``broker`` fixture)
+    sqlite_write_lock,
+    wait_equal,
+    wait_for,
+)
 
 MASTER_TABLE = 'dj_master_simplestmodel'
 REPLICA_TABLE = 'dj_replica_simplestreplica'
@@ -74,14 +79,6 @@ def queue_depth(url: str, queue: str) -> int:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     finally:
         connection.close()
-
-
-@pytest.fixture
-def broker(private_broker):
-    """The module's private RabbitMQ node, running again after the test whatever happened."""
-    yield private_broker
-    if not port_open(private_broker.port):
-        private_broker.start_app()
 
 
 # --- c. cqrs_relay while the broker is down ----------------------------------------------------
