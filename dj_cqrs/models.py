@@ -18,6 +18,8 @@ class CQRSOutboxMessage(models.Model):
     queue = models.CharField(max_length=255, null=True, blank=True)
     previous_data = models.JSONField(null=True, blank=True)
     payload = models.JSONField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    """When a publish of the change failed: the relay takes the row at once, whatever its age."""
 
     class Meta:
         db_table = 'dj_cqrs_outbox'

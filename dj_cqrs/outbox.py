@@ -3,8 +3,9 @@
 With ``settings.CQRS['master']['outbox'] = True`` every SAVE and DELETE also writes a
 ``CQRSOutboxMessage`` row in the transaction of the change, in the database of the change. The
 usual on-commit publishing stays the fast path: once the broker has confirmed a message, its
-row is deleted (in batches). Whatever is left (broker down, process killed between commit and
-publish) is published by ``manage.py cqrs_relay``, oldest first, through the same producer.
+row is deleted (in batches); when its publish fails, the row is marked due at once. Whatever is
+left (broker down, process killed between commit and publish) is published by
+``manage.py cqrs_relay``, oldest first, through the same producer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from dj_cqrs._logging import logger
@@ -63,7 +65,10 @@ class _Confirmed:
 
 
 def relay_batch(using: str, batch_size: int = 500, min_age: float = 5.0) -> int:
-    """Publish one batch of outbox rows older than ``min_age`` seconds, oldest first.
+    """Publish one batch of due outbox rows, oldest first.
+
+    A row is due when its on-commit publish failed (``failed_at``) or, since that publish may
+    still be in flight, once it is ``min_age`` seconds old.
 
     Runs in one transaction: the rows are locked (``SELECT … FOR UPDATE SKIP LOCKED`` where the
     database has it, so several relays can run at once), handed to the producer, confirmed by
@@ -76,7 +81,8 @@ def relay_batch(using: str, batch_size: int = 500, min_age: float = 5.0) -> int:
     try:
         with transaction.atomic(using=using):
             queryset = CQRSOutboxMessage.objects.using(using).filter(
-                created__lte=timezone.now() - timedelta(seconds=min_age)
+                Q(failed_at__isnull=False)
+                | Q(created__lte=timezone.now() - timedelta(seconds=min_age))
             )
             if connections[using].features.has_select_for_update_skip_locked:
                 queryset = queryset.select_for_update(skip_locked=True)

@@ -22,10 +22,12 @@ from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.db.models import F
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from dj_cqrs import outbox
 from dj_cqrs.constants import SignalType
+from dj_cqrs.controller import _outbox
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_master.models import CustomDeleteModel, SimplestModel, TrackedModel
@@ -425,30 +427,61 @@ def test_relay_keeps_tracked_previous_values_of_every_save_in_the_transaction(
     assert [r['previous_data'] for r in recorded] == [refused.previous_data]
 
 
-def test_min_age_leaves_young_rows(outbox_on, broker):
-    broker.mode = 'false'
-    SimplestModel.objects.create(id=1, name='old row')
+def test_item_05_min_age_leaves_young_rows_in_flight(outbox_on, broker):
+    # Rows written by a process that has committed and not published yet (in flight).
+    SimplestModel.objects.bulk_create([SimplestModel(id=pk, name=f'row {pk}') for pk in (1, 2)])
+    outbox.record('default', 'simplest', 1, SignalType.SAVE)
     age_rows(600)
-    SimplestModel.objects.create(id=2, name='young row')
-    broker.mode = 'up'
+    outbox.record('default', 'simplest', 2, SignalType.SAVE)
 
     assert 'Relayed 1 ' in relay('--min-age', '60')
 
-    assert replica_names() == {1: 'old row'}
+    assert replica_names() == {1: 'row 1'}
     assert rows() == [('simplest', '2', 'SAVE')]
 
     assert 'Relayed 0 ' in relay('--min-age', '3600')
     assert rows() == [('simplest', '2', 'SAVE')]
 
     relay('--min-age', '0')
-    assert replica_names() == {1: 'old row', 2: 'young row'}
+    assert replica_names() == {1: 'row 1', 2: 'row 2'}
     assert rows() == []
 
 
-def test_relay_default_min_age_leaves_a_fresh_row(outbox_on, broker):
-    broker.mode = 'false'
-    SimplestModel.objects.create(id=1, name='fresh')
+@pytest.mark.parametrize('mode', ['false', 'raise'])
+def test_item_05_failed_publish_is_due_at_once_whatever_min_age(outbox_on, broker, mode):
+    broker.mode = mode
+    SimplestModel.objects.create(id=1, name='failed')
+    with transaction.atomic():
+        SimplestModel.objects.create(id=2, name='failed in a transaction')
+        SimplestModel.objects.create(id=3, name='failed in a transaction')
+    SimplestModel.objects.get(id=3).delete()
     broker.mode = 'up'
+    assert CQRSOutboxMessage.objects.filter(failed_at__isnull=True).count() == 0
+    # Written after the outage: in flight, left to the on-commit publishing.
+    SimplestModel.objects.bulk_create([SimplestModel(id=4, name='in flight')])
+    outbox.record('default', 'simplest', 4, SignalType.SAVE)
+
+    assert 'Relayed 4 ' in relay('--min-age', '3600')
+
+    assert replica_names() == {1: 'failed', 2: 'failed in a transaction'}
+    assert rows() == [('simplest', '4', 'SAVE')]
+
+
+def test_item_05_failed_rows_are_marked_in_one_update(outbox_on, broker):
+    refs = [outbox.record('default', 'simplest', pk, SignalType.SAVE) for pk in (1, 2, 3)]
+    for ref in refs[:2]:
+        _outbox.failed(ref)
+    with CaptureQueriesContext(connection) as queries:
+        _outbox.mark_failed(refs[2])
+
+    updates = [q['sql'] for q in queries.captured_queries if q['sql'].startswith('UPDATE')]
+    assert len(updates) == 1, updates
+    assert CQRSOutboxMessage.objects.filter(failed_at__isnull=False).count() == 3
+
+
+def test_relay_default_min_age_leaves_a_fresh_row(outbox_on, broker):
+    SimplestModel.objects.bulk_create([SimplestModel(id=1, name='fresh')])
+    outbox.record('default', 'simplest', 1, SignalType.SAVE)
 
     relay()
 

@@ -4,6 +4,11 @@ Rows are written with one raw INSERT in the transaction of the change, in its da
 of delivered messages are deleted in batches (every ``_DELETE_BATCH`` rows or
 ``_DELETE_INTERVAL`` seconds, and at exit) by the thread that publishes: a delivery may be
 reported from a broker client's own thread, which should not open database connections.
+
+A row whose publish failed gets ``failed_at``, which makes it due for the relay at once: the
+publishing thread marks its own failure together with the failures reported meanwhile (one
+UPDATE per database); failures reported from a broker client's thread are batched like the
+deletions.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ _INSERT_SQL = (
 )
 _DELETE_BATCH = 200
 _DELETE_INTERVAL = 1.0
+_MARK_CHUNK = 900
 
 
 def is_enabled() -> bool:
@@ -123,8 +129,66 @@ class _Delivered:
                 )
 
 
+class _Failed:
+    """Outbox rows whose publish failed, marked ``failed_at`` in one UPDATE per database."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[str, list[int]] = defaultdict(list)
+        self._count = 0
+        self._last_flush = time.monotonic()
+
+    def add(self, ref: OutboxRef) -> None:
+        with self._lock:
+            self._ids[ref[0]].append(ref[1])
+            self._count += 1
+
+    def flush_due(self) -> None:
+        if self._count and (
+            self._count >= _DELETE_BATCH or time.monotonic() - self._last_flush >= _DELETE_INTERVAL
+        ):
+            self.flush()
+
+    def flush(self, ref: OutboxRef | None = None) -> None:
+        with self._lock:
+            if not self._count and ref is None:
+                return
+            pending, self._ids = self._ids, defaultdict(list)
+            self._count = 0
+            self._last_flush = time.monotonic()
+        if ref is not None:
+            pending[ref[0]].append(ref[1])
+        for using, ids in pending.items():
+            try:
+                _mark_failed(using, ids)
+            except Exception as exc:
+                logger.warning(
+                    'CQRS outbox: %s rows could not be marked as failed (%s); the relay will '
+                    'publish them once they are old enough.',
+                    len(ids),
+                    exc,
+                )
+
+
+def _mark_failed(using: str, ids: list[int]) -> None:
+    """One UPDATE for ``ids`` (per ``_MARK_CHUNK`` ids: databases limit query parameters)."""
+    connection = connections[using]
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), _MARK_CHUNK):
+            chunk = ids[start : start + _MARK_CHUNK]
+            cursor.execute(
+                'UPDATE dj_cqrs_outbox SET failed_at = %s WHERE id IN ({})'.format(
+                    ', '.join(['%s'] * len(chunk))
+                ),
+                [now, *chunk],
+            )
+
+
 _delivered = _Delivered()
+_failed = _Failed()
 atexit.register(_delivered.flush)
+atexit.register(_failed.flush)
 
 
 def forget(ref: OutboxRef | None) -> None:
@@ -133,11 +197,28 @@ def forget(ref: OutboxRef | None) -> None:
         _delivered.add(ref)
 
 
+def failed(ref: OutboxRef | None) -> None:
+    """The publish of outbox row ``ref`` failed (from any thread): the row is due for the relay.
+
+    The row is marked by the next ``mark_failed`` or ``flush_due``, whichever comes first.
+    """
+    if ref is not None:
+        _failed.add(ref)
+
+
+def mark_failed(ref: OutboxRef | None = None) -> None:
+    """Mark now, in the publishing thread, ``ref`` and every row reported by ``failed``."""
+    _failed.flush(ref)
+
+
 def flush_due() -> None:
-    """Delete the rows of delivered messages if a batch is full or old enough."""
+    """Delete the rows of delivered messages (mark those of failed ones) if a batch is full or
+    old enough."""
     _delivered.flush_due()
+    _failed.flush_due()
 
 
 def flush_forgotten() -> None:
-    """Delete the rows of every delivered message now."""
+    """Delete the rows of every delivered message and mark every failed row now."""
     _delivered.flush()
+    _failed.flush()

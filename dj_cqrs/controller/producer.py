@@ -59,16 +59,22 @@ def _sends_as_produce(transport: Any) -> bool:
     return depth('produce_many') <= depth('produce')
 
 
-def dispatch(payload: TransportPayload, delivered: Callable[[], Any] | None = None) -> bool:
+def dispatch(
+    payload: TransportPayload,
+    delivered: Callable[[], Any] | None = None,
+    failed: Callable[[], Any] | None = None,
+) -> bool:
     """Hand ``payload`` to the transport; call ``delivered()`` once the broker has it.
 
-    A transport with ``reports_delivery`` calls back when its broker confirms; for the others
-    a ``produce`` that does not return False counts as delivered. Returns whether the
-    transport took the payload; what the transport raises propagates.
+    A transport with ``reports_delivery`` calls back when its broker confirms (and when it
+    refuses the message, or loses it before the confirm: then ``failed()`` is called, once,
+    and a later confirm still calls ``delivered()``); for the others a ``produce`` that does
+    not return False counts as delivered. Returns whether the transport took the payload;
+    what the transport raises propagates.
     """
     reports = delivered is not None and getattr(current_transport, 'reports_delivery', False)
     if reports:
-        set_delivery_callback(payload, _DeliveryReport(delivered))
+        set_delivery_callback(payload, _DeliveryReport(delivered, failed))
     sent = produce(payload) is not False
     if sent and delivered is not None and not reports:
         delivered()
@@ -82,16 +88,23 @@ def flush() -> bool:
 
 
 class _DeliveryReport:
-    """The callback a reporting transport gets: ``delivered()`` on the first True."""
+    """The callback a reporting transport gets: ``delivered()`` on the first True,
+    ``failed()`` on the first False before it."""
 
-    __slots__ = ('_delivered',)
+    __slots__ = ('_delivered', '_failed')
 
-    def __init__(self, delivered: Callable[[], Any]) -> None:
+    def __init__(self, delivered: Callable[[], Any], failed: Callable[[], Any] | None) -> None:
         self._delivered: Callable[[], Any] | None = delivered
+        self._failed = failed
 
     def __call__(self, ok: bool) -> None:
+        if not ok:
+            failed, self._failed = self._failed, None
+            if failed is not None and self._delivered is not None:
+                failed()
+            return
         delivered, self._delivered = self._delivered, None
-        if ok and delivered is not None:
+        if delivered is not None:
             delivered()
 
 
@@ -241,9 +254,15 @@ def _publish_saved(
 
 
 def _send(payload: TransportPayload, ref: _outbox.OutboxRef | None) -> bool:
-    """Send after the commit; the outbox row ``ref`` goes once delivered, stays otherwise."""
+    """Send after the commit; the outbox row ``ref`` goes once delivered, stays otherwise (and
+    is due for the relay at once when the publish failed)."""
+    sent = False
     try:
-        return dispatch(payload, None if ref is None else lambda: _outbox.forget(ref))
+        if ref is None:
+            sent = dispatch(payload)
+        else:
+            sent = dispatch(payload, lambda: _outbox.forget(ref), lambda: _outbox.failed(ref))
+        return sent
     except Exception:
         logger.exception(
             'CQRS %s is not published: pk = %s (%s), correlation_id = %s.',
@@ -255,4 +274,6 @@ def _send(payload: TransportPayload, ref: _outbox.OutboxRef | None) -> bool:
         return False
     finally:
         if ref is not None:
+            if not sent:
+                _outbox.mark_failed(ref)
             _outbox.flush_due()

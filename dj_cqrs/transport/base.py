@@ -8,7 +8,8 @@ from typing import Any
 from dj_cqrs.dataclasses import TransportPayload
 
 DeliveryCallback = Callable[[bool], None]
-"""Called once with True when the broker took a message for good, False when it refused it."""
+"""Called with True once the broker took a message for good; with False when the broker
+refused it or it could not be sent (a True may still follow if the transport sends it again)."""
 
 _DELIVERY_ATTR = '_cqrs_on_delivery'
 
@@ -59,9 +60,11 @@ class BaseTransport:
     def delivery_callback(payload: TransportPayload) -> DeliveryCallback | None:
         """The producer's callback for ``payload``, or None when nobody waits for its fate.
 
-        Call it once, from any thread, with True when the broker confirmed the message and
-        False when it refused it for good. A message with a callback is kept by the producer
-        until then (in the outbox), so a transport may fail it fast when the broker is down.
+        Call it, from any thread, with True once the broker confirmed the message, and with
+        False when the broker refused it or the connection broke before the confirm (the
+        producer then has the relay publish it at once; a later True still counts). A message
+        with a callback is kept by the producer (in the outbox), so a transport may fail it
+        fast when the broker is down.
         """
         return getattr(payload, _DELIVERY_ATTR, None)
 

@@ -128,6 +128,17 @@ def _abandon(connection: pika.BlockingConnection) -> None:
             pass
 
 
+def _report_failed(messages: Iterable[_Message]) -> None:
+    """Tell the producer these messages are not delivered yet (refused, or their connection
+    broke before the confirm); they are still published again, and confirmed later."""
+    for message in messages:
+        if message.on_delivery is not None:
+            try:
+                message.on_delivery(False)
+            except Exception:
+                logger.exception('CQRS delivery callback failed.')
+
+
 class _Message:
     """One message of the publisher, kept until the broker confirms it."""
 
@@ -403,6 +414,7 @@ class _Publisher:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and self._pid == os.getpid():
             _abandon(connection)
+            _report_failed(self._unconfirmed.values())
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -432,6 +444,7 @@ class _Publisher:
         message.due = now + delay
         self._nacked.append(message)
         if message.refusals == 1:
+            _report_failed([message])
             logger.error(
                 'CQRS message was refused by the broker (routing key %s); '
                 'publishing it again later.',
