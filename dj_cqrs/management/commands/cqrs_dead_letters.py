@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pika
 import ujson
 from django.core.management.base import BaseCommand, CommandError
@@ -9,15 +11,58 @@ from django.core.management.base import BaseCommand, CommandError
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.constants import DEFAULT_MASTER_MESSAGE_TTL
 from dj_cqrs.dataclasses import TransportPayload
-from dj_cqrs.transport import RabbitMQTransport, current_transport
+from dj_cqrs.transport import KombuTransport, RabbitMQTransport, current_transport
+from dj_cqrs.transport._kombu_dead_letters import DeadLetterError, KombuDeadLetters
 from dj_cqrs.transport.rabbit_mq import broker_location, connection_parameters, message_properties
 from dj_cqrs.utils import get_message_expiration_dt
 
 
+class _RabbitMQDeadLetters:
+    """The dead-letter queue through pika; the interface of ``KombuDeadLetters``."""
+
+    def open(self) -> _RabbitMQDeadLetters:
+        try:
+            self._connection = pika.BlockingConnection(connection_parameters())
+        except pika.exceptions.AMQPError as exc:
+            raise CommandError(
+                f'Cannot connect to RabbitMQ at {broker_location()}: {type(exc).__name__}.'
+            ) from exc
+        try:
+            self._channel = self._connection.channel()
+            RabbitMQTransport.declare_replica_topology(self._channel)
+            self._channel.confirm_delivery()
+        except BaseException:
+            self._connection.close()
+            raise
+        self._queue = cqrs_settings.replica.dead_letter_queue
+        return self
+
+    def count(self) -> int:
+        return self._channel.queue_declare(self._queue, passive=True).method.message_count
+
+    def get(self) -> tuple[Any, bytes] | None:
+        method, _properties, body = self._channel.basic_get(self._queue, auto_ack=False)
+        return None if method is None else (method.delivery_tag, body)
+
+    def ack(self, handle: Any) -> None:
+        self._channel.basic_ack(handle)
+
+    def publish(self, routing_key: str, body: bytes) -> None:
+        self._channel.basic_publish(cqrs_settings.exchange, routing_key, body, message_properties())
+
+    def purge(self) -> None:
+        self._channel.queue_purge(self._queue)
+
+    def close(self) -> None:
+        # Closing the channel puts the unacknowledged messages back, in order.
+        if self._connection.is_open:
+            self._connection.close()
+
+
 class Command(BaseCommand):
     help = (
-        'Dead letters of this replica (RabbitMQ): "retry" sends them back to the replica queue '
-        'with retries = 0, "dump" prints them as JSON lines, "purge" deletes them.'
+        'Dead letters of this replica (RabbitMQ, or Kombu): "retry" sends them back to the '
+        'replica queue with retries = 0, "dump" prints them as JSON lines, "purge" deletes them.'
     )
 
     def add_arguments(self, parser):
@@ -25,49 +70,44 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         transport = current_transport._resolve()
-        if not issubclass(transport, RabbitMQTransport):
+        if not issubclass(transport, RabbitMQTransport | KombuTransport):
             raise CommandError('Dead letters commands available only for RabbitMQTransport.')
         if not cqrs_settings.queue:
             raise CommandError("settings.CQRS['queue'] is not set: this is not a replica service.")
+        if issubclass(transport, KombuTransport):
+            queue = KombuDeadLetters()
+            try:
+                queue.open()
+            except DeadLetterError as exc:
+                raise CommandError(f'Cannot connect to {queue.location}: {exc}.') from exc
+        else:
+            queue = _RabbitMQDeadLetters().open()
         try:
-            connection = pika.BlockingConnection(connection_parameters())
-        except pika.exceptions.AMQPError as exc:
-            raise CommandError(
-                f'Cannot connect to RabbitMQ at {broker_location()}: {type(exc).__name__}.'
-            ) from exc
-        try:
-            channel = connection.channel()
-            RabbitMQTransport.declare_replica_topology(channel)
-            dead_letter_queue = cqrs_settings.replica.dead_letter_queue
-            count = channel.queue_declare(dead_letter_queue, passive=True).method.message_count
-            getattr(self, f'_{options["command"]}')(channel, dead_letter_queue, count)
+            count = queue.count()
+            getattr(self, f'_{options["command"]}')(queue, count)
         finally:
-            if connection.is_open:
-                connection.close()
+            queue.close()
 
-    def _messages(self, channel, queue: str, count: int):
+    def _messages(self, queue, count: int):
         for _ in range(count):
-            method, _properties, body = channel.basic_get(queue, auto_ack=False)
-            if method is None:
+            delivery = queue.get()
+            if delivery is None:
                 return
-            yield method, body
+            yield delivery
 
-    def _dump(self, channel, queue: str, count: int) -> None:
-        for _method, body in self._messages(channel, queue, count):
+    def _dump(self, queue, count: int) -> None:
+        for _handle, body in self._messages(queue, count):
             self.stdout.write(body.decode('utf-8', errors='replace'))
-        # Closing the channel puts the unacknowledged messages back, in order.
-        channel.close()
 
-    def _retry(self, channel, queue: str, count: int) -> None:
-        channel.confirm_delivery()
+    def _retry(self, queue, count: int) -> None:
         self.stdout.write(f'Total dead letters: {count}')
-        messages = self._messages(channel, queue, count)
+        messages = self._messages(queue, count)
         for number in range(1, count + 1):
             self.stdout.write(f'Retrying: {number}/{count}')
             delivery = next(messages, None)
             if delivery is None:
                 break
-            method, body = delivery
+            handle, body = delivery
             try:
                 message = ujson.loads(body)
                 message['retries'] = 0
@@ -77,21 +117,16 @@ class Command(BaseCommand):
                     message['expires'] = expires.replace(microsecond=0).isoformat()
                 payload = TransportPayload.from_message(message)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                # Left unacknowledged: it stays a dead letter when the channel closes.
+                # Left unacknowledged: it stays a dead letter when the queue is closed.
                 self.stderr.write(f'Skipping a dead letter that is not a CQRS message: {exc}')
                 continue
             routing_key = f'cqrs.{cqrs_settings.queue}.{payload.cqrs_id}'
-            channel.basic_publish(
-                cqrs_settings.exchange,
-                routing_key,
-                ujson.dumps(payload.to_dict()).encode(),
-                message_properties(),
-            )
+            queue.publish(routing_key, ujson.dumps(payload.to_dict()).encode())
             self.stdout.write(ujson.dumps(message))
-            channel.basic_ack(method.delivery_tag)
+            queue.ack(handle)
 
-    def _purge(self, channel, queue: str, count: int) -> None:
+    def _purge(self, queue, count: int) -> None:
         self.stdout.write(f'Total dead letters: {count}')
         if count > 0:
-            channel.queue_purge(queue)
+            queue.purge()
             self.stdout.write('Purged')
