@@ -482,11 +482,9 @@ class ReplicaManager(Manager):
             with transaction.atomic(using=using):
                 self.model._default_manager.using(using).filter(pk=master_data['id']).delete()
                 if tombstones.enabled():
-                    tombstones.record_deletion(
-                        self.model.CQRS_ID,
-                        using,
-                        tombstones.key(self.model, master_data['id']),
-                        tombstones.mark(master_data),
+                    key = tombstones.key(self.model, master_data['id'])
+                    tombstones.record_deletions(
+                        self.model.CQRS_ID, using, {key: tombstones.mark(master_data)}
                     )
         except Error as exc:
             logger.error(

@@ -148,12 +148,13 @@ def remove(cqrs_id: str, using: str, keys: list[str]) -> None:
         manager.filter(cqrs_id=cqrs_id, instance_pk__in=keys[start : start + _CHUNK]).delete()
 
 
-def record_deletion(cqrs_id: str, using: str, instance_key: str, value: Mark | None) -> None:
-    """Keep the tombstone of one deleted row, merged with the one already there."""
-    if value is None:
+def record_deletions(cqrs_id: str, using: str, marks: dict[str, Mark | None]) -> None:
+    """Keep the tombstones of deleted rows, each merged with the one already there."""
+    marks = {instance_key: value for instance_key, value in marks.items() if value is not None}
+    if not marks:
         return
-    old = load(cqrs_id, using, [instance_key]).get(instance_key)
-    store(cqrs_id, using, {instance_key: merge(old, value)})
+    old = load(cqrs_id, using, marks)
+    store(cqrs_id, using, {k: merge(old.get(k), value) for k, value in marks.items()})
 
 
 def purge(using: str, ttl: float | None = None) -> int:
