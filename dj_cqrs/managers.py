@@ -101,6 +101,8 @@ class ReplicaManager(Manager):
             return None
         mapped_previous_data = self._map_previous_data(previous_data) if previous_data else None
         pk_value = mapped_data[self._pk_key(mapped_data)]
+        if tombstones.enabled():
+            tombstones.lock(self.model, self._write_db, [pk_value])
         queryset = self.model._default_manager.using(self._write_db).filter(pk=pk_value)
         if self.model.CQRS_SELECT_FOR_UPDATE:
             queryset = queryset.select_for_update()
@@ -181,6 +183,8 @@ class ReplicaManager(Manager):
                 continue
             mapped_rows.append((index, pk_value, mapped))
         pks = list({pk for _, pk, _ in mapped_rows})
+        if tombstones.enabled():
+            tombstones.lock(model, self._write_db, pks)
         queryset = model._default_manager.using(self._write_db)
         if model.CQRS_SELECT_FOR_UPDATE:
             queryset = queryset.select_for_update()
@@ -282,6 +286,9 @@ class ReplicaManager(Manager):
         if model.CQRS_SELECT_FOR_UPDATE:
             queryset = queryset.select_for_update().order_by('pk')
         pks = list(dict.fromkeys(pk for _, _, pk, _, _ in plan))
+        buried = tombstones.enabled()
+        if buried:
+            tombstones.lock(model, using, pks)
         rows: dict[Any, _BatchRow] = {pk: _BatchRow() for pk in pks}
         for start in range(0, len(pks), _CHUNK):
             for obj in queryset.filter(pk__in=pks[start : start + _CHUNK]):
@@ -289,7 +296,6 @@ class ReplicaManager(Manager):
                 if row is None:
                     raise _NotBatchable(f'pk {obj.pk!r} is not one of the looked-up values')
                 row.obj, row.stored, row.revision = obj, True, obj.cqrs_revision
-        buried = tombstones.enabled()
         if buried:
             self._load_batch_tombstones(plan, rows)
 
@@ -478,10 +484,13 @@ class ReplicaManager(Manager):
         if not _has_cqrs_fields(master_data, self.model.CQRS_ID):
             return False
         using = self._write_db
+        buried = tombstones.enabled()
         try:
             with transaction.atomic(using=using):
+                if buried:
+                    tombstones.lock(self.model, using, [master_data['id']])
                 self.model._default_manager.using(using).filter(pk=master_data['id']).delete()
-                if tombstones.enabled():
+                if buried:
                     key = tombstones.key(self.model, master_data['id'])
                     tombstones.record_deletions(
                         self.model.CQRS_ID, using, {key: tombstones.mark(master_data)}

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connections, models
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -25,6 +26,8 @@ from django.utils.dateparse import parse_datetime
 from dj_cqrs.conf import cqrs_settings
 
 _CHUNK = 1000
+# The first key of the PostgreSQL advisory locks taken by ``lock`` ('CQRS').
+_LOCK_SPACE = 0x43515253
 
 
 class CQRSTombstone(models.Model):
@@ -94,6 +97,34 @@ def merge(old: Mark | None, new: Mark | None) -> Mark | None:
     if old is None or new is None:
         return new or old
     return Mark(_latest(old.revision, new.revision), _latest(old.updated, new.updated))
+
+
+def lock(model: Any, using: str, pks: Iterable[Any]) -> None:
+    """Serialize, per pk, the transactions that apply messages of ``model`` to these rows.
+
+    On PostgreSQL (READ COMMITTED) two workers could otherwise both miss what the other one is
+    writing: a DELETE (and its tombstone) next to a create or an update of the same row. A
+    transaction-level advisory lock per pk, taken in one statement in a fixed order before the
+    rows are read, makes the second one wait and then see the first one's writes. Other
+    databases: nothing (SQLite has one writer at a time).
+    """
+    connection = connections[using]
+    if connection.vendor != 'postgresql':
+        return
+    keys = set()
+    for value in pks:
+        try:
+            keys.add(f'{model.CQRS_ID}:{key(model, value)}')
+        except (ValidationError, ValueError, TypeError):
+            continue  # the row lookup reports it
+    if not keys:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(k) AS h '
+            'FROM unnest(%s::text[]) AS k ORDER BY h) AS keys',
+            [_LOCK_SPACE, sorted(keys)],
+        )
 
 
 def load(cqrs_id: str, using: str, keys: Iterable[str]) -> dict[str, Mark]:
