@@ -75,6 +75,7 @@ REPLICA_DEFAULTS: dict[str, Any] = {
     'CQRS_QUERY_TIMEOUT': 0,
     'CQRS_LOG_TIMED_OUT_QUERIES': False,
     'CQRS_QUERY_LOGGER': None,
+    'tombstone_ttl': constants.DEFAULT_REPLICA_TOMBSTONE_TTL,
 }
 
 # The keys the original library writes into ``settings.CQRS`` at start-up.
@@ -277,6 +278,7 @@ _RULES: dict[tuple[str | None, str], Callable[[str, Any], Any]] = {
     ('replica', 'CQRS_QUERY_TIMEOUT'): _query_timeout,
     ('replica', 'CQRS_LOG_TIMED_OUT_QUERIES'): _truthy,
     ('replica', 'CQRS_QUERY_LOGGER'): _optional_string,
+    ('replica', 'tombstone_ttl'): _number(0, keep_float=True),
 }
 
 # Keys where None in settings.CQRS stands for the default (the others keep None).

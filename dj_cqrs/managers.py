@@ -9,6 +9,7 @@ from django.db import Error, IntegrityError, connections, router, transaction
 from django.db.models import F, Manager, Model, QuerySet, signals
 from django.utils import timezone
 
+from dj_cqrs import tombstones
 from dj_cqrs._logging import logger
 from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME
 from dj_cqrs.logger import log_timed_out_queries
@@ -92,19 +93,36 @@ class ReplicaManager(Manager):
 
         ``previous_data`` is mapped like the data (``CQRS_MAPPING`` names, model fields only)
         before it reaches ``cqrs_create`` / ``cqrs_update``; empty previous data is None.
+        Data of a deleted row that is not newer than its tombstone is dropped (True, no hook
+        called); creating the row again removes the tombstone.
         """
         mapped_data = self._map_save_data(master_data)
         if mapped_data is None:
             return None
         mapped_previous_data = self._map_previous_data(previous_data) if previous_data else None
         pk_value = mapped_data[self._pk_key(mapped_data)]
+        if tombstones.enabled():
+            tombstones.lock(self.model, self._write_db, [pk_value])
         queryset = self.model._default_manager.using(self._write_db).filter(pk=pk_value)
         if self.model.CQRS_SELECT_FOR_UPDATE:
             queryset = queryset.select_for_update()
         instance = queryset.first()
-        if instance is None:
+        if instance is not None:
+            return self.update_instance(instance, mapped_data, mapped_previous_data, sync, meta)
+        if not tombstones.enabled():
             return self.create_instance(mapped_data, mapped_previous_data, sync, meta)
-        return self.update_instance(instance, mapped_data, mapped_previous_data, sync, meta)
+        cqrs_id, using = self.model.CQRS_ID, self._write_db
+        key = tombstones.key(self.model, pk_value)
+        tombstone = tombstones.load(cqrs_id, using, [key]).get(key)
+        if tombstone is not None:
+            new = tombstones.mark(mapped_data)
+            if tombstones.is_stale(new, tombstone):
+                _log_deleted(pk_value, mapped_data, tombstone, cqrs_id)
+                return True
+        created = self.create_instance(mapped_data, mapped_previous_data, sync, meta)
+        if created and tombstone is not None:
+            tombstones.remove(cqrs_id, using, [key])
+        return created
 
     def model_field_values(self, mapped_data: dict) -> dict:
         """``mapped_data`` as model keyword arguments: foreign keys given as a primary key
@@ -165,6 +183,8 @@ class ReplicaManager(Manager):
                 continue
             mapped_rows.append((index, pk_value, mapped))
         pks = list({pk for _, pk, _ in mapped_rows})
+        if tombstones.enabled():
+            tombstones.lock(model, self._write_db, pks)
         queryset = model._default_manager.using(self._write_db)
         if model.CQRS_SELECT_FOR_UPDATE:
             queryset = queryset.select_for_update()
@@ -182,11 +202,14 @@ class ReplicaManager(Manager):
                 later.append((index, mapped))
             else:
                 new_rows[pk_value] = (index, mapped)
+        buried = self._drop_buried_rows(new_rows, results) if new_rows else []
         if new_rows:
             objs = [model(**self.model_field_values(mapped)) for _, mapped in new_rows.values()]
             try:
                 with transaction.atomic(using=self._write_db):
                     model._default_manager.using(self._write_db).bulk_create(objs)
+                    if buried:
+                        tombstones.remove(model.CQRS_ID, self._write_db, buried)
                 for (index, _), obj in zip(new_rows.values(), objs, strict=True):
                     results[index] = obj
             except (Error, ValidationError):
@@ -195,6 +218,28 @@ class ReplicaManager(Manager):
         for index, mapped in later:
             results[index] = self.save_instance(mapped, sync=sync)
         return results
+
+    def _drop_buried_rows(self, new_rows: dict[Any, tuple[int, dict]], results: list) -> list:
+        """Drop from ``new_rows`` the rows their tombstone makes stale (their result: True);
+        return the tombstone keys of the other rows that have one (one query)."""
+        if not tombstones.enabled():
+            return []
+        model = self.model
+        keys = {pk: tombstones.key(model, pk) for pk in new_rows}
+        found = tombstones.load(model.CQRS_ID, self._write_db, keys.values())
+        buried = []
+        for pk, key in keys.items():
+            tombstone = found.get(key)
+            if tombstone is None:
+                continue
+            index, mapped = new_rows[pk]
+            if tombstones.is_stale(tombstones.mark(mapped), tombstone):
+                _log_deleted(pk, mapped, tombstone, model.CQRS_ID)
+                results[index] = True
+                del new_rows[pk]
+            else:
+                buried.append(key)
+        return buried
 
     def apply_batch(self, messages: list[tuple[bool, dict, bool]]) -> list[Any]:
         """Apply ``(is_delete, data, sync)`` messages in order with bulk statements.
@@ -205,6 +250,9 @@ class ReplicaManager(Manager):
         (per chunk). The log lines are emitted once the writes succeeded. Anything these
         statements cannot reproduce exactly raises: the caller rolls back and applies the
         messages one by one. Only for models that ``batch_kind`` accepts.
+
+        Tombstones: one more query loads those of the pks deleted in the batch or absent from
+        the table, and one statement each writes the new ones and removes the cleared ones.
         """
         model = self.model
         pk_field = model._meta.pk
@@ -238,6 +286,9 @@ class ReplicaManager(Manager):
         if model.CQRS_SELECT_FOR_UPDATE:
             queryset = queryset.select_for_update().order_by('pk')
         pks = list(dict.fromkeys(pk for _, _, pk, _, _ in plan))
+        buried = tombstones.enabled()
+        if buried:
+            tombstones.lock(model, using, pks)
         rows: dict[Any, _BatchRow] = {pk: _BatchRow() for pk in pks}
         for start in range(0, len(pks), _CHUNK):
             for obj in queryset.filter(pk__in=pks[start : start + _CHUNK]):
@@ -245,6 +296,8 @@ class ReplicaManager(Manager):
                 if row is None:
                     raise _NotBatchable(f'pk {obj.pk!r} is not one of the looked-up values')
                 row.obj, row.stored, row.revision = obj, True, obj.cqrs_revision
+        if buried:
+            self._load_batch_tombstones(plan, rows)
 
         for index, is_delete, pk, mapped, sync in plan:
             log.index = index
@@ -253,8 +306,17 @@ class ReplicaManager(Manager):
                 if row.obj is not None and row.stored:
                     row.delete = True
                 row.obj = None
+                if buried:
+                    row.tombstone = tombstones.merge(row.tombstone, tombstones.mark(mapped))
+                    row.tombstone_changed = row.tombstone is not None
                 results[index] = True
                 continue
+            if row.obj is None and row.tombstone is not None:
+                if tombstones.is_stale(tombstones.mark(mapped), row.tombstone):
+                    _log_deleted(pk, mapped, row.tombstone, model.CQRS_ID, log)
+                    results[index] = True
+                    continue
+                row.tombstone, row.tombstone_changed = None, True
             values = self.model_field_values(mapped)
             revision = revision_field.to_python(mapped['cqrs_revision'])
             if row.obj is None:
@@ -271,8 +333,39 @@ class ReplicaManager(Manager):
             results[index] = row.obj
 
         self._write_batch(using, rows.items())
+        if buried:
+            self._write_batch_tombstones(using, rows.items())
         log.replay()
         return results
+
+    def _load_batch_tombstones(self, plan: list, rows: dict) -> None:
+        """Read the tombstones of the pks a batch deletes or does not find (one query)."""
+        model = self.model
+        keys = {}
+        for _, is_delete, pk, _, _ in plan:
+            row = rows[pk]
+            if pk not in keys and (is_delete or not row.stored):
+                keys[pk] = row.key = tombstones.key(model, pk)
+        if keys:
+            found = tombstones.load(model.CQRS_ID, self._write_db, keys.values())
+            for pk, key in keys.items():
+                row = rows[pk]
+                row.tombstone = found.get(key)
+                row.tombstone_stored = row.tombstone is not None
+
+    def _write_batch_tombstones(self, using: str, rows: Any) -> None:
+        cqrs_id = self.model.CQRS_ID
+        written, cleared = {}, []
+        for _, row in rows:
+            if not row.tombstone_changed:
+                continue
+            if row.tombstone is not None:
+                written[row.key] = row.tombstone
+            elif row.tombstone_stored:
+                cleared.append(row.key)
+        if cleared:
+            tombstones.remove(cqrs_id, using, cleared)
+        tombstones.store(cqrs_id, using, written)
 
     def _write_batch(self, using: str, rows: Any) -> None:
         model = self.model
@@ -381,17 +474,27 @@ class ReplicaManager(Manager):
             return None
 
     def delete_instance(self, master_data: dict) -> bool:
-        """Delete the row with pk ``master_data['id']``; True even when nothing was there."""
+        """Delete the row with pk ``master_data['id']``; True even when nothing was there.
+
+        The deletion leaves a tombstone (in the same transaction) unless they are off.
+        """
         if 'id' not in master_data:
             _log_pk_error(self.model.CQRS_ID)
             return False
         if not _has_cqrs_fields(master_data, self.model.CQRS_ID):
             return False
+        using = self._write_db
+        buried = tombstones.enabled()
         try:
-            with transaction.atomic(using=self._write_db):
-                self.model._default_manager.using(self._write_db).filter(
-                    pk=master_data['id']
-                ).delete()
+            with transaction.atomic(using=using):
+                if buried:
+                    tombstones.lock(self.model, using, [master_data['id']])
+                self.model._default_manager.using(using).filter(pk=master_data['id']).delete()
+                if buried:
+                    key = tombstones.key(self.model, master_data['id'])
+                    tombstones.record_deletions(
+                        self.model.CQRS_ID, using, {key: tombstones.mark(master_data)}
+                    )
         except Error as exc:
             logger.error(
                 '%s\nCQRS delete error: pk = %s (%s).', exc, master_data['id'], self.model.CQRS_ID
@@ -495,7 +598,17 @@ class _NotBatchable(Exception):
 class _BatchRow:
     """The state of one primary key while a batch is decided in memory."""
 
-    __slots__ = ('obj', 'stored', 'revision', 'changed', 'delete')
+    __slots__ = (
+        'obj',
+        'stored',
+        'revision',
+        'changed',
+        'delete',
+        'key',
+        'tombstone',
+        'tombstone_stored',
+        'tombstone_changed',
+    )
 
     def __init__(self) -> None:
         self.obj: Any = None  # the row as it is after the messages seen so far (None: absent)
@@ -503,6 +616,10 @@ class _BatchRow:
         self.revision: Any = None
         self.changed = False  # the stored row was updated
         self.delete = False  # the stored row is deleted (maybe created again afterwards)
+        self.key = ''  # the tombstone's ``instance_pk`` (set when tombstones are read)
+        self.tombstone: tombstones.Mark | None = None  # after the messages seen so far
+        self.tombstone_stored = False  # a tombstone was read from the database
+        self.tombstone_changed = False
 
 
 class _DeferredLog:
@@ -649,3 +766,18 @@ def _has_cqrs_fields(master_data: dict, cqrs_id: str, log: Any = logger) -> bool
 
 def _log_pk_error(cqrs_id: str, log: Any = logger) -> None:
     log.error('CQRS PK is not provided in data (%s).', cqrs_id)
+
+
+def _log_deleted(
+    pk_value: Any, data: dict, tombstone: tombstones.Mark, cqrs_id: str, log: Any = logger
+) -> None:
+    log.error(
+        'CQRS data of a deleted instance is dropped: pk = %s, cqrs_revision = new %s / '
+        'deleted %s, cqrs_updated = new %s / deleted %s (%s).',
+        pk_value,
+        data.get('cqrs_revision'),
+        tombstone.revision,
+        data.get('cqrs_updated'),
+        tombstone.updated,
+        cqrs_id,
+    )

@@ -1,6 +1,11 @@
-"""The transactional outbox (``settings.CQRS['master']['outbox'] = True``)."""
+"""The models of ``dj_cqrs``: the transactional outbox (``settings.CQRS['master']['outbox'] =
+True``) on masters and the tombstones of deleted rows (``dj_cqrs.tombstones``) on replicas."""
 
 from django.db import models
+
+from dj_cqrs.tombstones import CQRSTombstone
+
+__all__ = ['CQRSOutboxMessage', 'CQRSTombstone']
 
 
 class CQRSOutboxMessage(models.Model):

@@ -20,6 +20,7 @@ from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import consumer
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.managers import ReplicaManager, batch_kind
+from dj_cqrs.models import CQRSTombstone
 from tests.dj_replica.models import (
     RECORDED,
     AutoFieldsReplica,
@@ -35,6 +36,7 @@ from tests.dj_replica.models import (
 )
 
 UPDATED = '2024-05-01 10:00:00+00:00'
+LATER = '2024-05-02 10:00:00+00:00'  # a row the master created again after deleting it
 MODELS = (
     SimplestReplica,
     AutoFieldsReplica,
@@ -46,9 +48,9 @@ MODELS = (
 )
 
 
-def save(pk, rev, cqrs_id='simplest', signal_type=SignalType.SAVE, **fields):
+def save(pk, rev, cqrs_id='simplest', signal_type=SignalType.SAVE, updated=UPDATED, **fields):
     data = {'id': pk, 'name': f'{cqrs_id} {pk} r{rev}', **fields}
-    data.update(cqrs_revision=rev, cqrs_updated=UPDATED)
+    data.update(cqrs_revision=rev, cqrs_updated=updated)
     return TransportPayload(signal_type, cqrs_id, data, pk)
 
 
@@ -62,18 +64,23 @@ def delete(pk, cqrs_id='simplest', rev=9):
 
 
 def rows():
-    """Every row of the models the scenarios touch."""
-    return {
+    """Every row of the models the scenarios touch, and the tombstones."""
+    state = {
         model.__name__: sorted(
             tuple(sorted(row.items())) for row in model._default_manager.values()
         )
         for model in MODELS
     }
+    state['tombstones'] = sorted(
+        CQRSTombstone.objects.values_list('cqrs_id', 'instance_pk', 'cqrs_revision', 'cqrs_updated')
+    )
+    return state
 
 
 def clear():
     for model in MODELS:
         model._default_manager.all().delete()
+    CQRSTombstone.objects.all().delete()
     RECORDED.clear()
 
 
@@ -205,7 +212,8 @@ def test_item_01_mixed_creates_updates_stale_and_deletes_of_the_same_pks(caplog)
         save(1, 4),  # Lost or filtered out 2 CQRS packages
         save(2, 3),  # updates the stored row 2 (revision 2)
         delete(2),  # deletes it
-        save(2, 5),  # and creates it again: the stored values are gone
+        save(2, 5),  # late: not newer than the DELETE (tombstone), dropped
+        save(2, 0, updated=LATER),  # created again on the master: the stored values are gone
         delete(3),  # deletes the stored row 3
         delete(4),  # nothing to delete: handled
         sync(5, 1),  # SYNC older than the stored revision 6: applied with a warning
@@ -217,8 +225,8 @@ def test_item_01_mixed_creates_updates_stale_and_deletes_of_the_same_pks(caplog)
         {'id': 9, 'name': 'no revision'},  # Sync fields are not provided: None
         delete(None),  # a DELETE without pk
     ]
-    payloads[16] = TransportPayload(SignalType.SAVE, 'simplest', payloads[16], 9)
-    payloads[17].instance_data.pop('id')
+    payloads[17] = TransportPayload(SignalType.SAVE, 'simplest', payloads[17], 9)
+    payloads[18].instance_data.pop('id')
     initial = [
         make(SimplestReplica, 2, 2),
         make(SimplestReplica, 3, 0),
@@ -231,6 +239,7 @@ def test_item_01_mixed_creates_updates_stale_and_deletes_of_the_same_pks(caplog)
         'Wrong CQRS sync order',
         'Received duplicate CQRS data',
         'Lost or filtered out 2 CQRS packages',
+        'CQRS data of a deleted instance is dropped',
         'CQRS revision downgrade on sync',
         'Received duplicate CQRS data',
         'CQRS potential creation race condition',
@@ -240,13 +249,16 @@ def test_item_01_mixed_creates_updates_stale_and_deletes_of_the_same_pks(caplog)
     ]
     assert sorted(SimplestReplica.objects.values_list('id', 'name', 'cqrs_revision')) == [
         (1, 'simplest 1 r4', 4),
-        (2, 'simplest 2 r5', 5),
+        (2, 'simplest 2 r0', 0),
         (5, 'simplest 5 r1', 1),
         (6, 'stored 6', 0),
         (8, 'simplest 8 r2', 2),
     ]
-    # One lookup, one DELETE (with its cascade lookup), one INSERT, one UPDATE, savepoint.
-    assert batch['queries'] <= 8 < one['queries']
+    # The tombstones of 3, 4 and 7 are written; the one of 2 is gone with its re-creation.
+    assert [t[1:3] for t in batch['rows']['tombstones']] == [('3', 9), ('4', 9), ('7', 9)]
+    # One lookup, one DELETE (with its cascade lookup), one INSERT, one UPDATE, savepoint,
+    # one lookup and one upsert of tombstones (and on PostgreSQL the per-pk locks).
+    assert batch['queries'] <= 11 < one['queries']
 
 
 @pytest.mark.django_db
@@ -358,7 +370,13 @@ def test_item_01_select_for_update_model_locks_the_batch_rows_in_one_query(caplo
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         outcomes = consumer.consume_batch(payloads)
     assert truthy(outcomes) == [(True, None)] * 3
-    lookups = [q['sql'] for q in queries if q['sql'].startswith('SELECT')]
+    lookups = [
+        q['sql']
+        for q in queries
+        if q['sql'].startswith('SELECT')
+        and 'dj_cqrs_tombstone' not in q['sql']
+        and 'pg_advisory_xact_lock' not in q['sql']
+    ]
     assert len(lookups) == 1
     if connection.features.has_select_for_update:
         assert 'FOR UPDATE' in lookups[0]

@@ -722,7 +722,8 @@ def test_deleted_sync_replica_header_date_is_compared_in_utc(run):
     assert [row[0] for row in replica_state()] == [1]
 
 
-def test_deleted_sync_replica_one_delete_and_one_transaction_per_line(run):
+def test_deleted_sync_replica_one_delete_and_one_transaction_per_line(run, settings):
+    settings.CQRS = {**settings.CQRS, 'replica': {**settings.CQRS['replica'], 'tombstone_ttl': 0}}
     create_simplest(1, 2, 3, 4, 5)
 
     with CaptureQueriesContext(connection) as queries:
@@ -733,6 +734,19 @@ def test_deleted_sync_replica_one_delete_and_one_transaction_per_line(run):
     verbs = [q['sql'].split()[0] for q in queries.captured_queries]
     assert verbs == ['BEGIN', 'DELETE', 'COMMIT'] * 3
     assert not queries_on(queries, 'dj_replica_simplestreplica', 'SELECT')
+    assert [row[0] for row in replica_state()] == [5]
+
+
+def test_item_04_deleted_sync_replica_with_tombstones_one_transaction_per_line(run):
+    create_simplest(1, 2, 3, 4, 5)
+
+    with CaptureQueriesContext(connection) as queries:
+        run('cqrs_deleted_sync_replica', stdin=f'simplest,{header_date()}\n[1,2]\n[]\n[3]\n[4]\n')
+
+    assert len(queries_on(queries, 'dj_replica_simplestreplica', 'DELETE')) == 3
+    verbs = [q['sql'].split()[0] for q in queries.captured_queries]
+    # The rows' revisions, their deletion, the tombstones already there, the new ones.
+    assert verbs == ['BEGIN', 'SELECT', 'DELETE', 'SELECT', 'INSERT', 'COMMIT'] * 3
     assert [row[0] for row in replica_state()] == [5]
 
 

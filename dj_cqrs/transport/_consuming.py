@@ -14,15 +14,18 @@ replica queue with ``retries + 1``, or to the dead-letter queue.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import ujson
-from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, Error, connections, router, transaction
+from django.db.models import Model
 from django.utils import timezone
 
+from dj_cqrs import tombstones
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.controller import consumer
@@ -31,6 +34,9 @@ from dj_cqrs.delay import DelayMessage, DelayQueue
 from dj_cqrs.registries import ReplicaRegistry
 
 REQUIRED_KEYS = ('signal_type', 'cqrs_id', 'instance_data', 'instance_pk')
+
+# Seconds between two purges of old tombstones by a worker.
+TOMBSTONE_PURGE_INTERVAL = 600.0
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Worker:
         self.ack_through = ack_through
         # With ``ack_through``: the handles received and not yet settled, in delivery order.
         self._unsettled: dict[Any, None] = {}
+        self._next_purge = 0.0  # ``time.monotonic()`` of the next purge of old tombstones
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
         """Apply received deliveries in one transaction, acks after commit.
@@ -153,6 +160,23 @@ class Worker:
                 batch, self.inbox = self.inbox, []
                 self.handle_batch(batch)
             self.process_due()
+            if time.monotonic() >= self._next_purge:
+                self.purge_tombstones()
+
+    def purge_tombstones(self) -> None:
+        """Delete the tombstones older than ``tombstone_ttl``: one query per database of the
+        replica models; done by ``run`` at start and every ``TOMBSTONE_PURGE_INTERVAL``."""
+        self._next_purge = time.monotonic() + TOMBSTONE_PURGE_INTERVAL
+        if not tombstones.enabled():
+            return
+        for using in _replica_databases():
+            try:
+                purged = tombstones.purge(using)
+            except Error as exc:
+                logger.error('CQRS tombstones could not be purged (database %s): %s', using, exc)
+                continue
+            if purged:
+                logger.info('CQRS purged %s old tombstone(s) (database %s).', purged, using)
 
     def process_due(self) -> None:
         """Republish the delayed messages whose ETA has passed."""
@@ -242,3 +266,16 @@ class Worker:
         self.publish(routing_key, ujson.dumps(payload.to_dict()), dead_letter_expiration())
         self._ack(delivery.handle)
         self.transport.log_dead_letter(payload)
+
+
+def _replica_databases() -> list[str]:
+    """The databases the replica models write to (where their tombstones are)."""
+    aliases = {
+        router.db_for_write(model_cls)
+        for model_cls in ReplicaRegistry.models.values()
+        if isinstance(model_cls, type)
+        and issubclass(model_cls, Model)
+        and not model_cls._meta.abstract
+        and not model_cls.CQRS_NO_DB_OPERATIONS
+    }
+    return sorted(aliases)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.db import DatabaseError, router, transaction
 
+from dj_cqrs import tombstones
 from dj_cqrs.management.base import (
     CQRSCommand,
     input_stream,
@@ -44,7 +45,34 @@ class Command(CQRSCommand):
         for pks in lines:
             try:
                 with transaction.atomic(using=using):
-                    manager.filter(pk__in=pks, cqrs_updated__lt=started).delete()
+                    doomed = manager.filter(pk__in=pks, cqrs_updated__lt=started)
+                    if tombstones.enabled():
+                        _delete_with_tombstones(model, using, doomed, started)
+                    else:
+                        doomed.delete()
             except DatabaseError as exc:
                 # As in django-cqrs: the error on stderr, and on with the next line.
                 self.stderr.write(str(exc))
+
+
+def _delete_with_tombstones(model, using: str, doomed, started) -> None:
+    """Delete the rows of ``doomed`` and leave their tombstones.
+
+    The master's DELETE of these rows was not applied: the tombstone takes the revision that
+    DELETE had at least (the row's + 1) and the start of the diff as ``cqrs_updated`` (the
+    master row was already gone when the diff was taken after it).
+    """
+    found = list(doomed.select_for_update().values_list('pk', 'cqrs_revision'))
+    if not found:
+        return
+    model._base_manager.db_manager(using).filter(pk__in=[pk for pk, _ in found]).delete()
+    tombstones.record_deletions(
+        model.CQRS_ID,
+        using,
+        {
+            tombstones.key(model, pk): tombstones.mark(
+                {'cqrs_revision': revision + 1, 'cqrs_updated': started}
+            )
+            for pk, revision in found
+        },
+    )
