@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ('dj_cqrs', '0001_initial'),
+        ('dj_cqrs', '0002_outbox_failed'),
     ]
 
     operations = [
