@@ -82,7 +82,8 @@ def wait_equal(expected, actual, timeout=60.0, message='the two sides to be equa
 
 
 def reset_publisher() -> None:
-    """Close this process's publishing connections and forget a broker unreachable a moment ago.
+    """Close this process's publishing connections; forget a broker unreachable a moment ago
+    and the messages not confirmed.
 
     ``RabbitMQTransport`` fails publishes at once for a moment after a failed connection attempt
     (whatever the URL of the next test), and ``clean_connection()`` keeps that pause; the
@@ -95,6 +96,10 @@ def reset_publisher() -> None:
     publisher = RabbitMQTransport._publisher
     publisher._unreachable = None
     publisher._unreachable_until = 0.0
+    # Messages never confirmed (e.g. the broker of the test is gone) would be published again
+    # on the next connection, into the next test.
+    publisher._unconfirmed.clear()
+    publisher._nacked.clear()
 
 
 def queue_depth(channel, queue: str) -> int:
@@ -174,6 +179,28 @@ def pg_admin(statement) -> None:
         connection.execute(statement)
 
 
+def cqrs_settings(*, master: dict | None = None, replica: dict | None = None, **top) -> dict:
+    """A deep copy of the current ``settings.CQRS``: ``master`` / ``replica`` merged into its
+    sections, ``top`` keys replaced."""
+    import copy
+
+    from django.conf import settings
+
+    conf = copy.deepcopy(settings.CQRS)
+    conf.update(top)
+    for section, changes in (('master', master), ('replica', replica)):
+        if changes:
+            conf[section] = {**conf.get(section, {}), **changes}
+    return conf
+
+
+def override_cqrs(*, master: dict | None = None, replica: dict | None = None, **top):
+    """``override_settings`` of ``CQRS`` as ``cqrs_settings`` builds it (decorator or context)."""
+    from django.test import override_settings
+
+    return override_settings(CQRS=cqrs_settings(master=master, replica=replica, **top))
+
+
 def cqrs_settings_for(transport, url, names, **replica):
     return {
         'transport': transport,
@@ -189,8 +216,8 @@ def settle_publisher(timeout: float = 10) -> None:
     """Wait for the broker's confirms of what this process published.
 
     Unconfirmed messages are kept for the next connection: left over, they would be published
-    again into the next test, whose exchange differs. (The conftest ``master`` fixture then
-    resets the publisher's connection state.)
+    again into the next test, whose exchange differs. The conftest ``master`` fixture calls
+    this at the end of each test, then ``reset_publisher``.
     """
     from dj_cqrs.transport import RabbitMQTransport
 
@@ -475,12 +502,7 @@ def private_node_broker(private_broker):
 
 def outbox_on():
     """``settings.CQRS['master']['outbox'] = True`` on top of what ``master(...)`` set."""
-    from django.conf import settings
-    from django.test import override_settings
-
-    return override_settings(
-        CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], 'outbox': True}}
-    )
+    return override_cqrs(master={'outbox': True})
 
 
 def create_in_transactions(ids: list[int], transactions: int) -> None:

@@ -20,6 +20,7 @@ from tests.harness import (
     ReplicaService,
     cqrs_settings_for,
     reset_publisher,
+    settle_publisher,
 )
 
 
@@ -60,7 +61,9 @@ def broker(request, amqp_url, names):
 def master(names, amqp_url):
     """This test process as a master service publishing to RabbitMQ under unique names.
 
-    The publisher starts and ends fresh (``reset_publisher``): no state leaks between tests.
+    The publisher starts and ends fresh: at the end the broker's confirms of what the test
+    published are awaited (``settle_publisher``), then ``reset_publisher``; no state leaks
+    between tests.
     """
 
     def configure(transport=RABBIT, url=None, **replica):
@@ -73,6 +76,7 @@ def master(names, amqp_url):
     overrides = []
     reset_publisher()
     yield configure
+    settle_publisher(timeout=30)
     reset_publisher()
     for override in reversed(overrides):
         override.disable()

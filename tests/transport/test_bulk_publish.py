@@ -19,17 +19,11 @@ from dj_cqrs.management.commands import cqrs_sync
 from dj_cqrs.mixins import RawMasterMixin
 from dj_cqrs.transport import RabbitMQTransport, rabbit_mq
 from tests.dj_master.models import SimplestModel
-from tests.harness import settle_publisher, wait_for
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EXPIRES = datetime(2031, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def master(master):
-    yield master
-    settle_publisher()
 
 
 @pytest.fixture

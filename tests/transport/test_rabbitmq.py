@@ -26,7 +26,6 @@ from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import FlakyModel, SimplestModel
 from tests.harness import (
     SIMPLEST,
-    settle_publisher,
     sqlite_write_lock,
     wait_for,
     wire_body,
@@ -50,16 +49,6 @@ EXPIRES_FORMAT = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\+00:00|Z)?$')
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def master(master):
-    """The conftest ``master``, plus: wait for the broker's confirms before its teardown.
-
-    See ``settle_publisher``.
-    """
-    yield master
-    settle_publisher()
 
 
 def error_lines(replica) -> list[str]:

@@ -18,7 +18,6 @@ from tests.dj_master.models import SimplestModel
 from tests.harness import (
     SIMPLEST,
     received_pks,
-    settle_publisher,
     sqlite_write_lock,
     wait_for,
     worker_pids,
@@ -27,12 +26,6 @@ from tests.harness import (
 TOTAL = 10_000
 BATCH = 1_000
 APPLIED = re.compile(r'^\S+ \S+ (\d+) INFO CQRS is applied:', re.MULTILINE)
-
-
-@pytest.fixture
-def master(master):
-    yield master
-    settle_publisher(timeout=30)
 
 
 def publish_rows(total: int = TOTAL, first: int = 0) -> list[tuple]:
