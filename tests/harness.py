@@ -16,10 +16,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
 import pika
+import pika.exceptions
 import pytest
 
 from tests._evidence import touched
@@ -134,6 +136,15 @@ def bodies_before_marker(channel, exchange: str, queue: str, timeout: float = 30
     return bodies
 
 
+APPLIED_SIMPLEST = re.compile(r'CQRS is applied: pk = (\d+) \(simplest\)')
+RECEIVED_SIMPLEST = re.compile(r'CQRS is received: pk = (\d+) \(simplest\)')
+
+
+def applied_simplest(replica) -> Counter:
+    """How many times the replica log says each 'simplest' pk was applied."""
+    return Counter(int(pk) for pk in APPLIED_SIMPLEST.findall(replica.log()))
+
+
 def received_pks(log: str, pid: int) -> list[int]:
     """pks that worker ``pid`` logged as received (INFO log of ``tests.settings_broker``).
 
@@ -141,6 +152,26 @@ def received_pks(log: str, pid: int) -> list[int]:
     """
     pattern = rf'^\S+ \S+ {pid} INFO CQRS is received: pk = (\d+) '
     return [int(pk) for pk in re.findall(pattern, log, re.MULTILINE)]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM a process we started and return its exit code; SIGKILL it if it does not exit
+    in ``timeout`` seconds (its whole process group when it leads one, i.e. was started with
+    ``start_new_session=True``)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                if os.getpgid(process.pid) == process.pid:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
+            except ProcessLookupError:
+                pass
+            process.wait()
+    return process.returncode
 
 
 def handles_signal(pid: int, signum: int) -> bool:
@@ -225,14 +256,45 @@ def settle_publisher(timeout: float = 10) -> None:
 
 
 class Broker:
-    """A pika connection of the test itself: capture queues, queue counts, hand publishing."""
+    """This test's exchange and queues on a RabbitMQ, seen through a pika connection of the test
+    itself: capture queues, queue counts, hand publishing.
+
+    ``names`` is the dict of the ``names`` fixture, which deletes the queues named in it.
+    """
 
     def __init__(self, url: str, names: dict) -> None:
+        self.url = url
         self.names = names
         self.exchange = names['exchange']
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.suffix = names.get('suffix') or uuid.uuid4().hex[:10]
+        self.connection = self.connect()
         self.channel = self.connection.channel()
         self.channel.exchange_declare(self.exchange, 'topic', durable=True)
+
+    def connect(self) -> pika.BlockingConnection:
+        """A new connection to the broker (the caller closes it)."""
+        return pika.BlockingConnection(pika.URLParameters(self.url))
+
+    def queue(self, name: str = 'replica') -> str:
+        """A queue name unique to this test; it and its dead-letter queue are deleted after."""
+        queue = f'{name}_{self.suffix}'
+        self.names.setdefault('extra_queues', []).extend([queue, f'dead_letter_{queue}'])
+        return queue
+
+    def queue_state(self, queue: str) -> tuple[int, int] | None:
+        """(ready messages, consumers) of ``queue``; None when it does not exist.
+
+        On a connection of its own, so that it can be called from any thread at any time.
+        """
+        connection = self.connect()
+        try:
+            frame = connection.channel().queue_declare(queue, passive=True)
+            return frame.method.message_count, frame.method.consumer_count
+        except pika.exceptions.ChannelClosedByBroker:
+            return None
+        finally:
+            if connection.is_open:
+                connection.close()
 
     def capture(self, routing_key: str = '#') -> str:
         """Declare a queue bound to the test exchange; deleted by the ``names`` fixture."""
@@ -407,14 +469,8 @@ class ReplicaService:
         )
 
     def stop(self, timeout: float = 20) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        """Stop ``cqrs_consume`` (``stop_process``); its exit code, None if never started."""
+        return None if self.process is None else stop_process(self.process, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ''
