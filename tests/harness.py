@@ -403,7 +403,35 @@ def master_rows() -> list[tuple[int, int]]:
 
 
 def replica_rows(replica) -> list[tuple[int, int]]:
+    """(id, cqrs_revision) of the replica's ``SimplestReplica`` rows, sorted."""
     return sorted(replica.query(f'SELECT id, cqrs_revision FROM {SIMPLEST}'))
+
+
+def master_names() -> list[tuple[int, str, int]]:
+    """(id, name, cqrs_revision) of this process's master ``SimplestModel`` rows, sorted."""
+    from tests.dj_master.models import SimplestModel
+
+    return sorted(SimplestModel.objects.values_list('id', 'name', 'cqrs_revision'))
+
+
+def replica_names(replica, table: str = SIMPLEST) -> list[tuple[int, str, int]]:
+    """(id, name, cqrs_revision) of the rows of a replica ``table``, sorted."""
+    return sorted(replica.query(f'SELECT id, name, cqrs_revision FROM {table}'))
+
+
+def clean_redis(url: str, names: dict) -> None:
+    """Remove the Redis keys of this test's queues and exchange bindings (Kombu on Redis)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        queues = [names['queue'], names['dead_letter_queue'], *names.get('extra_queues', ())]
+        bindings = [
+            f'_kombu.{kind}.{names["exchange"]}' for kind in ('binding', 'binding_permanent')
+        ]
+        client.delete(*queues, *bindings)
+    finally:
+        client.close()
 
 
 def assert_replica_equals_master(replica, timeout: float = 90) -> None:

@@ -21,6 +21,8 @@ from tests.harness import (
     RECEIVED_SIMPLEST,
     applied_simplest,
     assert_replica_equals_master,
+    master_names,
+    replica_names,
     wait_for,
     wire_body,
     write_lock,
@@ -36,14 +38,6 @@ REPLICA_QUEUE_BINDINGS = ('simplest', 'flaky')
 def queued(broker, names, number: int) -> None:
     assert RabbitMQTransport.flush()
     wait_for(lambda: broker.count(names['queue']) == number, message=f'{number} queued messages')
-
-
-def replica_names(replica) -> list[tuple]:
-    return sorted(replica.query('SELECT id, name, cqrs_revision FROM dj_replica_simplestreplica'))
-
-
-def master_names() -> list[tuple]:
-    return sorted(SimplestModel.objects.values_list('id', 'name', 'cqrs_revision'))
 
 
 # --- creates, updates, stale messages and deletes of the same pks in one batch ----------------

@@ -15,7 +15,7 @@ import pika
 import pytest
 
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.harness import KOMBU, RABBIT, sqlite_write_lock, wait_for
+from tests.harness import KOMBU, RABBIT, clean_redis, replica_names, sqlite_write_lock, wait_for
 
 SIMPLEST = 'dj_replica_simplestreplica'
 FLAKY = 'dj_replica_flakyreplica'
@@ -30,27 +30,14 @@ def kombu_url(request, names):
         return
     url = request.getfixturevalue('redis_url')
     yield url
-    _clean_redis(url, names)
+    clean_redis(url, names)
 
 
 @pytest.fixture
 def redis_names(names, redis_url):
     """``names`` for a Redis test, with its Redis keys removed afterwards."""
     yield names
-    _clean_redis(redis_url, names)
-
-
-def _clean_redis(url, names):
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        kinds = ('binding', 'binding_permanent')
-        queues = [names['queue'], names['dead_letter_queue'], *names.get('extra_queues', ())]
-        bindings = [f'_kombu.{kind}.{names["exchange"]}' for kind in kinds]
-        client.delete(*queues, *bindings)
-    finally:
-        client.close()
+    clean_redis(redis_url, names)
 
 
 def _execute(replica, sql, params=()):
@@ -61,10 +48,6 @@ def _execute(replica, sql, params=()):
             connection.execute(sql, params)
     finally:
         connection.close()
-
-
-def _rows(replica, table=SIMPLEST):
-    return replica.query(f'SELECT id, name, cqrs_revision FROM {table} ORDER BY id')
 
 
 def _attempts(replica, pk):
@@ -124,11 +107,11 @@ def test_save_update_delete_reach_replica(master, replica_service, kombu_url):
     master(transport=KOMBU, url=kombu_url)
 
     instance = SimplestModel.objects.create(id=1, name='first')
-    wait_for(lambda: _rows(replica) == [(1, 'first', 0)], message='created replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'first', 0)], message='created replica row')
 
     instance.name = 'second'
     instance.save()
-    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='updated replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'second', 1)], message='updated replica row')
 
     instance.delete()
     wait_for(lambda: replica.count() == 0, message='deleted replica row')
@@ -148,15 +131,15 @@ def test_rabbitmq_and_kombu_transports_interoperate(
     master(transport=master_transport, url=amqp_url)
 
     instance = SimplestModel.objects.create(id=1, name='first')
-    wait_for(lambda: _rows(replica) == [(1, 'first', 0)], message='created replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'first', 0)], message='created replica row')
     instance.name = 'second'
     instance.save()
-    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='updated replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'second', 1)], message='updated replica row')
 
     # A SYNC to the replica's own queue uses the cqrs.<queue>.<cqrs_id> routing key.
     _execute(replica, f'DELETE FROM {SIMPLEST}')
     assert instance.cqrs_sync(queue=replica.env['CQRS_TEST_QUEUE'])
-    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='synced replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'second', 1)], message='synced replica row')
 
     instance.delete()
     wait_for(lambda: replica.count() == 0, message='deleted replica row')
@@ -195,13 +178,13 @@ def test_sync_to_one_queue_reaches_only_that_replica(
         _execute(replica, f'DELETE FROM {SIMPLEST}')
 
     assert instance.cqrs_sync(queue=redis_names['queue'])
-    wait_for(lambda: _rows(target) == [(1, 'first', 0)], message='synced row on the target')
+    wait_for(lambda: replica_names(target) == [(1, 'first', 0)], message='synced row on the target')
 
     # A later broadcast is queued behind the SYNC had it been routed to the other replica too.
     SimplestModel.objects.create(id=2, name='second')
     wait_for(lambda: target.count() == 2, message='broadcast row on the target')
     wait_for(lambda: other.count() == 1, message='broadcast row on the other replica')
-    assert _rows(other) == [(2, 'second', 0)]
+    assert replica_names(other) == [(2, 'second', 0)]
 
 
 @pytest.mark.django_db(transaction=True)
