@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -49,8 +48,10 @@ from tests.harness import (
     ROOT,
     TIMEOUT,
     Broker,
+    base_env,
     pg_admin,
     pg_connect,
+    shell_command,
     stop_process,
     wait_for,
 )
@@ -67,15 +68,6 @@ if DB_VENDOR not in ('sqlite', 'postgresql'):
     )
 
 COMMAND_TIMEOUT = 120.0
-
-# Variables of the pytest process that must not leak into a service's environment.
-_PRIVATE_ENV = ('DJANGO_SETTINGS_MODULE', 'DJANGO_CONFIGURATION', 'PYTEST_CURRENT_TEST')
-
-
-def base_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in _PRIVATE_ENV}
-    env['PYTHONUNBUFFERED'] = '1'
-    return env
 
 
 def last_json_line(output: str):
@@ -268,15 +260,8 @@ class Service:
         return last_json_line(self.manage('shell', '-c', code).stdout)
 
     def shell_command(self, *args: str) -> str:
-        """A shell fragment running ``manage.py args`` in this service's directory and env.
-
-        For real pipelines: ``sh -c 'A | B | C'`` with each stage in its own service.
-        """
-        base = base_env()
-        own = {key: value for key, value in self.env.items() if base.get(key) != value}
-        assignments = ' '.join(shlex.quote(f'{key}={value}') for key, value in own.items())
-        command = ' '.join(shlex.quote(part) for part in [*self.command, *args])
-        return f'(cd {shlex.quote(str(self.cwd))} && env {assignments} {command})'
+        """A shell fragment running ``manage.py args`` in this service (``shell_command``)."""
+        return shell_command(self, *args)
 
     def spawn(self, *args: str) -> subprocess.Popen:
         """Start ``args`` in its own process group, appending its output to the log."""
@@ -505,22 +490,3 @@ def wait_books_equal(master: Service, replica: Service, timeout: float = TIMEOUT
         ),
     )
     return books(replica)
-
-
-def pipeline(*stages: str, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``sh -c 'A | B | C'`` (stages from ``Service.shell_command``); fail if it fails."""
-    script = ' | '.join(stages)
-    result = subprocess.run(
-        ['sh', '-c', script],
-        env=base_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f'pipeline exited with {result.returncode}: {script}\n'
-            f'stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-4000:]}'
-        )
-    return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -105,7 +106,16 @@ def reset_publisher() -> None:
 
 
 def queue_depth(channel, queue: str) -> int:
-    """Ready messages in ``queue`` (which must exist), as the broker counts them."""
+    """Ready messages in ``queue`` (which must exist), as the broker counts them.
+
+    ``channel`` is a pika channel, or the URL of a broker to ask on a connection of its own.
+    """
+    if isinstance(channel, str):
+        connection = pika.BlockingConnection(pika.URLParameters(channel))
+        try:
+            return queue_depth(connection.channel(), queue)
+        finally:
+            connection.close()
     return channel.queue_declare(queue, passive=True).method.message_count
 
 
@@ -172,6 +182,60 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
                 pass
             process.wait()
     return process.returncode
+
+
+# Variables of the pytest process that must not leak into a service's environment.
+_PRIVATE_ENV = ('DJANGO_SETTINGS_MODULE', 'DJANGO_CONFIGURATION', 'PYTEST_CURRENT_TEST')
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment without what makes a process one of the services (Django
+    settings, ``CQRS_TEST_*``): each service brings its own."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in _PRIVATE_ENV and not key.startswith('CQRS_TEST_')
+    }
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+def shell_command(service, *args: str) -> str:
+    """A shell fragment running ``args`` with ``service``'s command prefix (e.g. ``manage.py``),
+    in its directory and environment (``service.command``, ``.cwd``, ``.env``).
+
+    For real pipelines (``pipeline``): each stage is a process of its own service.
+    """
+    base = base_env()
+    own = {key: value for key, value in service.env.items() if base.get(key) != value}
+    assignments = ' '.join(shlex.quote(f'{key}={value}') for key, value in own.items())
+    command = ' '.join(shlex.quote(part) for part in [*service.command, *args])
+    return f'(cd {shlex.quote(str(service.cwd))} && env {assignments} {command})'
+
+
+def pipeline(
+    *stages: str, pipefail: bool = True, check: bool = False, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """Run ``stage | stage | ...`` (stages from ``shell_command``) in bash; with ``check``,
+    fail the test unless it exits with 0."""
+    script = ' | '.join(stages)
+    if pipefail:
+        script = f'set -o pipefail; {script}'
+    result = subprocess.run(
+        ['bash', '-c', script],
+        cwd=ROOT,
+        env=base_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f'pipeline exited with {result.returncode}: {script}\n'
+            f'stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-4000:]}'
+        )
+    return result
 
 
 def handles_signal(pid: int, signum: int) -> bool:
@@ -373,6 +437,22 @@ def worker_pids(replica) -> list[int]:
     return sorted(children)
 
 
+# The keys of a message body on the wire, as django-cqrs writes them.
+WIRE_KEYS = frozenset(
+    {
+        'signal_type',
+        'cqrs_id',
+        'instance_data',
+        'previous_data',
+        'instance_pk',
+        'correlation_id',
+        'retries',
+        'expires',
+        'meta',
+    }
+)
+
+
 def wire_body(pk: int, **changes) -> dict:
     """A valid SAVE body for 'simplest', as the master would send it."""
     body = {
@@ -461,6 +541,8 @@ class ReplicaService:
         self.env = {**os.environ, **env, 'CQRS_TEST_DB': str(self.db_path)}
         self.env['DJANGO_SETTINGS_MODULE'] = 'tests.settings_broker'
         self.env['PYTHONPATH'] = str(ROOT)
+        self.cwd = ROOT
+        self.command = [sys.executable, '-m', 'django']
         self.process: subprocess.Popen | None = None
         self.manage('migrate', '--run-syncdb', '-v', '0')
 
@@ -507,6 +589,15 @@ class ReplicaService:
         connection = sqlite3.connect(self.db_path, timeout=30)
         try:
             return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+
+    def execute(self, sql: str, params: tuple = ()) -> int:
+        """Change the database behind the service's back (committed); the rows changed."""
+        connection = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            with connection:
+                return connection.execute(sql, params).rowcount
         finally:
             connection.close()
 
@@ -563,6 +654,12 @@ class PostgresReplicaService(ReplicaService):
 
         with psycopg.connect(dbname=self.pg_name, autocommit=True, **PG_SERVER) as connection:
             return connection.execute(sql.replace('?', '%s'), params).fetchall()
+
+    def execute(self, sql: str, params: tuple = ()) -> int:
+        import psycopg
+
+        with psycopg.connect(dbname=self.pg_name, autocommit=True, **PG_SERVER) as connection:
+            return connection.execute(sql.replace('?', '%s'), params).rowcount
 
     def drop(self) -> None:
         pg_admin(f'DROP DATABASE IF EXISTS {self.pg_name} WITH (FORCE)')

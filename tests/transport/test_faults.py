@@ -139,12 +139,8 @@ def test_without_outbox_changes_made_while_the_broker_is_down_are_lost(
         message='rows saved after the restart on the replica',
     )
     assert replica.stop() == 0
-    channel = pika.BlockingConnection(pika.URLParameters(broker.url)).channel()
-    try:
-        assert queue_depth(channel, names['queue']) == 0
-        assert queue_depth(channel, names['dead_letter_queue']) == 0
-    finally:
-        channel.connection.close()
+    assert queue_depth(broker.url, names['queue']) == 0
+    assert queue_depth(broker.url, names['dead_letter_queue']) == 0
     replica_count = replica.count()
     master_count = SimplestModel.objects.count()
     missing = sorted(set(master_rows()) - set(replica_rows(replica)))
@@ -258,12 +254,8 @@ def test_worker_reconnects_after_a_broker_restart(vendor, master, names, broker,
     assert replica.stop() == 0
     assert set(applied_simplest(replica)) == set(range(1, 1011))
     assert replica.count() == 1010
-    channel = pika.BlockingConnection(pika.URLParameters(broker.url)).channel()
-    try:
-        assert queue_depth(channel, names['queue']) == 0
-        assert queue_depth(channel, names['dead_letter_queue']) == 0
-    finally:
-        channel.connection.close()
+    assert queue_depth(broker.url, names['queue']) == 0
+    assert queue_depth(broker.url, names['dead_letter_queue']) == 0
 
 
 # --- 5: poison messages ----------------------------------------------------------------------

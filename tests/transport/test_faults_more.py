@@ -14,7 +14,6 @@ import re
 import sqlite3
 import threading
 
-import pika
 import pytest
 from django.db import connection as master_connection
 
@@ -138,9 +137,5 @@ def test_item_01_stop_app_while_a_thread_saves_with_the_outbox_then_relay(
     ]
     print(f'{len(DUPLICATE.findall(replica.log()))} duplicate deliveries recognised')
     assert RECONNECT.search(replica.log())
-    channel = pika.BlockingConnection(pika.URLParameters(broker.url)).channel()
-    try:
-        assert queue_depth(channel, names['queue']) == 0
-        assert queue_depth(channel, names['dead_letter_queue']) == 0
-    finally:
-        channel.connection.close()
+    assert queue_depth(broker.url, names['queue']) == 0
+    assert queue_depth(broker.url, names['dead_letter_queue']) == 0

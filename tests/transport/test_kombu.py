@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import uuid
 
 import pika
 import pytest
 
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.harness import KOMBU, RABBIT, clean_redis, replica_names, sqlite_write_lock, wait_for
+from tests.harness import (
+    KOMBU,
+    RABBIT,
+    clean_redis,
+    queue_depth,
+    replica_names,
+    sqlite_write_lock,
+    wait_for,
+)
 
 SIMPLEST = 'dj_replica_simplestreplica'
 FLAKY = 'dj_replica_flakyreplica'
@@ -40,27 +47,9 @@ def redis_names(names, redis_url):
     clean_redis(redis_url, names)
 
 
-def _execute(replica, sql, params=()):
-    """Write to a replica's database directly (``replica.query`` does not commit)."""
-    connection = sqlite3.connect(replica.db_path, timeout=30)
-    try:
-        with connection:
-            connection.execute(sql, params)
-    finally:
-        connection.close()
-
-
 def _attempts(replica, pk):
     rows = replica.query(f'SELECT attempts FROM {FLAKY_ATTEMPT} WHERE id = ?', (pk,))
     return rows[0][0] if rows else 0
-
-
-def _rabbit_message_count(amqp_url, queue):
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
 
 
 def _redis_message_count(redis_url, queue):
@@ -137,7 +126,7 @@ def test_rabbitmq_and_kombu_transports_interoperate(
     wait_for(lambda: replica_names(replica) == [(1, 'second', 1)], message='updated replica row')
 
     # A SYNC to the replica's own queue uses the cqrs.<queue>.<cqrs_id> routing key.
-    _execute(replica, f'DELETE FROM {SIMPLEST}')
+    replica.execute(f'DELETE FROM {SIMPLEST}')
     assert instance.cqrs_sync(queue=replica.env['CQRS_TEST_QUEUE'])
     wait_for(lambda: replica_names(replica) == [(1, 'second', 1)], message='synced replica row')
 
@@ -175,7 +164,7 @@ def test_sync_to_one_queue_reaches_only_that_replica(
     instance = SimplestModel.objects.create(id=1, name='first')
     for replica in (target, other):
         wait_for(lambda r=replica: r.count() == 1, message='broadcast row on both replicas')
-        _execute(replica, f'DELETE FROM {SIMPLEST}')
+        replica.execute(f'DELETE FROM {SIMPLEST}')
 
     assert instance.cqrs_sync(queue=redis_names['queue'])
     wait_for(lambda: replica_names(target) == [(1, 'first', 0)], message='synced row on the target')
@@ -201,7 +190,7 @@ def test_retries_then_dead_letter(master, replica_service, kombu_url, amqp_url, 
     if kombu_url.startswith('redis'):
         count = lambda: _redis_message_count(kombu_url, names['dead_letter_queue'])  # noqa: E731
     else:
-        count = lambda: _rabbit_message_count(amqp_url, names['dead_letter_queue'])  # noqa: E731
+        count = lambda: queue_depth(amqp_url, names['dead_letter_queue'])  # noqa: E731
     wait_for(lambda: count() == 1, message=f'one dead letter ({replica.log()[-3000:]})')
     assert _attempts(replica, 2) == 4  # the first attempt and CQRS_MAX_RETRIES = 3 retries
     assert replica.query(f'SELECT id FROM {FLAKY}') == [(1,)]
@@ -223,8 +212,8 @@ def test_consumer_prefetch_count_is_applied(master, replica_service, names, amqp
         for pk in range(1, 21):
             SimplestModel.objects.create(id=pk, name=f'row {pk}')
         wait_for(
-            lambda: _rabbit_message_count(amqp_url, names['queue']) == 20 - 7,
+            lambda: queue_depth(amqp_url, names['queue']) == 20 - 7,
             message='7 messages in flight and 13 ready',
         )
     wait_for(lambda: replica.count() == 20, message='the 20 rows on the replica')
-    assert _rabbit_message_count(amqp_url, names['queue']) == 0
+    assert queue_depth(amqp_url, names['queue']) == 0

@@ -28,6 +28,7 @@ from tests.harness import (
     APPLIED_SIMPLEST,
     RECEIVED_SIMPLEST,
     SIMPLEST,
+    WIRE_KEYS,
     sqlite_write_lock,
     wait_for,
     wire_body,
@@ -36,17 +37,6 @@ from tests.harness import (
 
 FLAKY = 'dj_replica_flakyreplica'
 FLAKY_ATTEMPT = 'dj_replica_flakyattempt'
-WIRE_KEYS = {
-    'signal_type',
-    'cqrs_id',
-    'instance_data',
-    'previous_data',
-    'instance_pk',
-    'correlation_id',
-    'retries',
-    'expires',
-    'meta',
-}
 EXPIRES_FORMAT = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\+00:00|Z)?$')
 
 
