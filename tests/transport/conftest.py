@@ -21,6 +21,16 @@ from tests.harness import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_publisher():
+    """Every test starts and ends with a fresh publisher (``reset_publisher``): nothing this
+    process published for one test (an unconfirmed message, a broker found unreachable) reaches
+    the next one, whether or not it used ``master``."""
+    reset_publisher()
+    yield
+    reset_publisher()
+
+
 @pytest.fixture
 def master(names, amqp_url):
     """This test process as a master service publishing to RabbitMQ under unique names.
