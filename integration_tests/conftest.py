@@ -48,6 +48,7 @@ from tests.harness import (
     ROOT,
     TIMEOUT,
     Broker,
+    assert_succeeded,
     base_env,
     pg_admin,
     pg_connect,
@@ -248,11 +249,8 @@ class Service:
             text=True,
             timeout=timeout,
         )
-        if check and result.returncode != 0:
-            pytest.fail(
-                f'{self.name}: {" ".join(args)[:200]} exited with {result.returncode}\n'
-                f'stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-4000:]}'
-            )
+        if check:
+            assert_succeeded(result, f'{self.name}: {" ".join(args)[:200]}')
         return result
 
     def shell(self, code: str):

@@ -230,12 +230,18 @@ def pipeline(
         text=True,
         timeout=timeout,
     )
-    if check and result.returncode != 0:
+    if check:
+        assert_succeeded(result, f'pipeline {script}')
+    return result
+
+
+def assert_succeeded(result: subprocess.CompletedProcess, what: str) -> None:
+    """Fail the test, showing the output of ``what``, unless ``result`` exited with 0."""
+    if result.returncode != 0:
         pytest.fail(
-            f'pipeline exited with {result.returncode}: {script}\n'
+            f'{what} exited with {result.returncode}\n'
             f'stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-4000:]}'
         )
-    return result
 
 
 def handles_signal(pid: int, signum: int) -> bool:
