@@ -1,9 +1,11 @@
 """Fixtures shared by ``tests/`` and ``integration_tests/`` (helpers: ``tests.harness``)."""
 
+import uuid
+
 import pika
 import pytest
 
-from tests.harness import AMQP_URL, REDIS_URL
+from tests.harness import AMQP_URL, REDIS_URL, Broker
 
 
 @pytest.fixture(scope='session')
@@ -29,3 +31,38 @@ def redis_url():
     except Exception as exc:
         pytest.fail(f'Redis at {REDIS_URL} is not reachable ({exc!r}); run scripts/services.sh up')
     return REDIS_URL
+
+
+@pytest.fixture
+def names(amqp_url):
+    """Unique exchange / queue names for one test; deleted from RabbitMQ afterwards (with the
+    queues listed in ``names['extra_queues']``)."""
+    suffix = uuid.uuid4().hex[:10]
+    result = {
+        'suffix': suffix,
+        'exchange': f'cqrs_test_{suffix}',
+        'queue': f'replica_{suffix}',
+        'dead_letter_queue': f'dead_letter_replica_{suffix}',
+    }
+    yield result
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    for queue in (result['queue'], result['dead_letter_queue'], *result.get('extra_queues', ())):
+        channel.queue_delete(queue)
+    channel.exchange_delete(result['exchange'])
+    connection.close()
+
+
+@pytest.fixture
+def broker(request, amqp_url, names):
+    """This test's exchange on the shared RabbitMQ (``tests.harness.Broker``), closed afterwards.
+
+    A test module that sets ``REPLICA_QUEUE_BINDINGS`` (routing keys) gets the replica queue
+    declared and bound to them.
+    """
+    result = Broker(amqp_url, names)
+    bindings = getattr(request.module, 'REPLICA_QUEUE_BINDINGS', ())
+    if bindings:
+        result.bind_replica_queue(*bindings)
+    yield result
+    result.close()

@@ -17,17 +17,20 @@ Two kinds of services:
   ``python manage.py`` in their directory; the environment variables ``DEMO_DATA_DIR``,
   ``DEMO_AMQP_URL``, ``DEMO_EXCHANGE`` and ``DEMO_QUEUE`` choose the database directory and
   the broker names): fixture ``demo``;
-- the core test project (``tests.settings_broker``, whose models include the failing
-  ``FlakyModel`` / ``FlakyReplica``): fixture ``core``.
+- the core test project (``tests.settings_broker``): fixture ``replica_service`` of
+  ``tests/transport`` and the helpers of ``tests.harness`` (the scenarios of the core project
+  are tested there).
+
+The broker (``broker``: this test's exchange and queues, ``tests.harness.Broker``) and the
+helpers (``wait_for``, ``stop_process``, ...) are those of ``tests/``: the root ``conftest.py``
+and ``tests.harness``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -35,14 +38,24 @@ import uuid
 from itertools import count
 from pathlib import Path
 
-import pika
 import psycopg
 import pytest
-from pika.exceptions import ChannelClosedByBroker
 from psycopg import sql as pg_sql
 from psycopg.rows import dict_row
 
-from tests.harness import PG_SERVER, ROOT, TIMEOUT, pg_admin, pg_connect, wait_for
+from tests.harness import (
+    PG_SERVER,
+    ROOT,
+    TIMEOUT,
+    Broker,
+    assert_succeeded,
+    base_env,
+    pg_admin,
+    pg_connect,
+    shell_command,
+    stop_process,
+    wait_for,
+)
 
 DEMO_DIR = ROOT / 'examples' / 'demo_project'
 MASTER_DIR = DEMO_DIR / 'master_service'
@@ -57,75 +70,12 @@ if DB_VENDOR not in ('sqlite', 'postgresql'):
 
 COMMAND_TIMEOUT = 120.0
 
-# Variables of the pytest process that must not leak into a service's environment.
-_PRIVATE_ENV = ('DJANGO_SETTINGS_MODULE', 'DJANGO_CONFIGURATION', 'PYTEST_CURRENT_TEST')
-
-
-def base_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in _PRIVATE_ENV}
-    env['PYTHONUNBUFFERED'] = '1'
-    return env
-
 
 def last_json_line(output: str):
     """The JSON document on the last non-empty line of a command's stdout."""
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines, 'the command printed nothing'
     return json.loads(lines[-1])
-
-
-# --- broker ------------------------------------------------------------------------------------
-
-
-class IsolatedExchange:
-    """This test's exchange and queues on the shared RabbitMQ; all deleted at teardown."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.suffix = uuid.uuid4().hex[:10]
-        self.exchange = f'cqrs_it_{self.suffix}'
-        self.queues: list[str] = []
-
-    def queue(self, name: str = 'replica') -> str:
-        """A queue name unique to this test; it and its dead-letter queue are cleaned up."""
-        queue = f'{name}_{self.suffix}'
-        self.queues += [queue, f'dead_letter_{queue}']
-        return queue
-
-    def connect(self) -> pika.BlockingConnection:
-        return pika.BlockingConnection(pika.URLParameters(self.url))
-
-    def queue_state(self, name: str) -> tuple[int, int] | None:
-        """(ready messages, consumers) of a queue; None when it does not exist."""
-        connection = self.connect()
-        try:
-            channel = connection.channel()
-            try:
-                frame = channel.queue_declare(name, passive=True)
-            except ChannelClosedByBroker:
-                return None
-            return frame.method.message_count, frame.method.consumer_count
-        finally:
-            if connection.is_open:
-                connection.close()
-
-    def cleanup(self) -> None:
-        connection = self.connect()
-        try:
-            channel = connection.channel()
-            for queue in self.queues:
-                channel.queue_delete(queue)
-            channel.exchange_delete(self.exchange)
-        finally:
-            if connection.is_open:
-                connection.close()
-
-
-@pytest.fixture
-def broker(amqp_url):
-    broker = IsolatedExchange(amqp_url)
-    yield broker
-    broker.cleanup()
 
 
 # --- databases ---------------------------------------------------------------------------------
@@ -269,7 +219,7 @@ class Service:
         env: dict[str, str],
         database: SqliteDatabase | PostgresDatabase,
         log_dir: Path,
-        broker: IsolatedExchange,
+        broker: Broker,
         queue: str | None = None,
     ) -> None:
         self.name = name
@@ -299,11 +249,8 @@ class Service:
             text=True,
             timeout=timeout,
         )
-        if check and result.returncode != 0:
-            pytest.fail(
-                f'{self.name}: {" ".join(args)[:200]} exited with {result.returncode}\n'
-                f'stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-4000:]}'
-            )
+        if check:
+            assert_succeeded(result, f'{self.name}: {" ".join(args)[:200]}')
         return result
 
     def shell(self, code: str):
@@ -311,15 +258,8 @@ class Service:
         return last_json_line(self.manage('shell', '-c', code).stdout)
 
     def shell_command(self, *args: str) -> str:
-        """A shell fragment running ``manage.py args`` in this service's directory and env.
-
-        For real pipelines: ``sh -c 'A | B | C'`` with each stage in its own service.
-        """
-        base = base_env()
-        own = {key: value for key, value in self.env.items() if base.get(key) != value}
-        assignments = ' '.join(shlex.quote(f'{key}={value}') for key, value in own.items())
-        command = ' '.join(shlex.quote(part) for part in [*self.command, *args])
-        return f'(cd {shlex.quote(str(self.cwd))} && env {assignments} {command})'
+        """A shell fragment running ``manage.py args`` in this service (``shell_command``)."""
+        return shell_command(self, *args)
 
     def spawn(self, *args: str) -> subprocess.Popen:
         """Start ``args`` in its own process group, appending its output to the log."""
@@ -387,21 +327,6 @@ class Service:
     def rows(self, table: str, columns: str = '*') -> dict:
         """Rows of a table keyed by id."""
         return {row['id']: row for row in self.query(f'SELECT {columns} FROM {table}')}
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
-    """SIGTERM a process we started; SIGKILL its process group if it does not exit."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
-    return process.returncode
 
 
 # --- the demo projects ---------------------------------------------------------------------
@@ -472,7 +397,7 @@ def demo_databases(tmp_path_factory, amqp_url, db_server):
 class Demo:
     """Factory of demo services sharing one test's exchange."""
 
-    def __init__(self, tmp_path: Path, broker: IsolatedExchange, databases: dict) -> None:
+    def __init__(self, tmp_path: Path, broker: Broker, databases: dict) -> None:
         self.tmp_path = tmp_path
         self.broker = broker
         self.databases = databases
@@ -563,80 +488,3 @@ def wait_books_equal(master: Service, replica: Service, timeout: float = TIMEOUT
         ),
     )
     return books(replica)
-
-
-# --- the core test project ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def core(tmp_path, broker, db_server):
-    """``core(name, queue=None, **env)``: services of ``tests.settings_broker``."""
-    services: list[Service] = []
-    databases: list[SqliteDatabase | PostgresDatabase] = []
-
-    def make(name: str, queue: str | None = None, **extra: str) -> Service:
-        database = new_database(f'core_{name}', tmp_path / f'{name}.sqlite3')
-        databases.append(database)
-        env = base_env()
-        if database.vendor == 'sqlite':
-            # explicit, so that a CQRS_TEST_DB_ENGINE of the caller's environment cannot interfere
-            env.update(CQRS_TEST_DB_ENGINE='sqlite3', CQRS_TEST_DB=str(database.path))
-        else:
-            env.update(
-                CQRS_TEST_DB_ENGINE='postgresql',
-                CQRS_TEST_DB_NAME=database.name,
-                CQRS_TEST_PG_HOST=PG_SERVER['host'],
-                CQRS_TEST_PG_PORT=PG_SERVER['port'],
-                CQRS_TEST_PG_USER=PG_SERVER['user'],
-                CQRS_TEST_PG_PASSWORD=PG_SERVER['password'],
-            )
-        env.update(
-            DJANGO_SETTINGS_MODULE='tests.settings_broker',
-            PYTHONPATH=str(ROOT),
-            CQRS_TEST_TRANSPORT='dj_cqrs.transport.RabbitMQTransport',
-            CQRS_TEST_URL=broker.url,
-            CQRS_TEST_EXCHANGE=broker.exchange,
-            CQRS_TEST_QUEUE=queue or f'unused_{broker.suffix}',
-            CQRS_TEST_LOG_LEVEL='INFO',
-            **{key: str(value) for key, value in extra.items()},
-        )
-        service = Service(
-            name,
-            cwd=ROOT,
-            command=[PYTHON, '-m', 'django'],
-            env=env,
-            database=database,
-            log_dir=tmp_path,
-            broker=broker,
-            queue=queue,
-        )
-        services.append(service)
-        service.manage('migrate', '--run-syncdb', '-v', '0')
-        return service
-
-    yield make
-    try:
-        for service in reversed(services):
-            service.stop()
-    finally:
-        for database in databases:
-            database.drop()
-
-
-def pipeline(*stages: str, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``sh -c 'A | B | C'`` (stages from ``Service.shell_command``); fail if it fails."""
-    script = ' | '.join(stages)
-    result = subprocess.run(
-        ['sh', '-c', script],
-        env=base_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f'pipeline exited with {result.returncode}: {script}\n'
-            f'stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-4000:]}'
-        )
-    return result

@@ -6,7 +6,8 @@ pipe (``-o -`` into ``-i -``).
 
 from __future__ import annotations
 
-from integration_tests.conftest import books, pipeline, seed_demo
+from integration_tests.conftest import books, seed_demo
+from tests.harness import pipeline
 
 UPDATE = """
 import json
@@ -57,6 +58,7 @@ def test_bulk_dump_and_load_through_a_file_and_a_pipe(demo, tmp_path):
     pipeline(
         master.shell_command('cqrs_bulk_dump', '--cqrs-id', 'demo.book', '-o', '-', '-p'),
         replica.shell_command('cqrs_bulk_load', '-i', '-', '-c'),
+        check=True,
     )
     replicated = books(replica)
     assert replicated == books(master)

@@ -7,8 +7,8 @@ names), as three separate processes connected by real pipes.
 
 from __future__ import annotations
 
-from integration_tests.conftest import books, pipeline, seed_demo, wait_books_equal
-from tests.harness import wait_for
+from integration_tests.conftest import books, seed_demo, wait_books_equal
+from tests.harness import pipeline, wait_for
 
 STALE_BEHIND_CQRS = """
 import json
@@ -51,6 +51,7 @@ def test_diff_pipelines_repair_the_replica(demo):
         master.shell_command('cqrs_diff_master', '--cqrs-id', 'demo.book'),
         replica.shell_command('cqrs_diff_replica'),
         master.shell_command('cqrs_diff_sync', '-p'),
+        check=True,
     )
     assert 'Traceback' not in result.stderr
 
@@ -74,6 +75,7 @@ def test_diff_pipelines_repair_the_replica(demo):
         replica.shell_command('cqrs_deleted_diff_replica', '--cqrs-id', 'demo.book'),
         master.shell_command('cqrs_deleted_diff_master'),
         replica.shell_command('cqrs_deleted_sync_replica'),
+        check=True,
     )
     assert 'Traceback' not in result.stderr
     assert books(replica) == books(master)

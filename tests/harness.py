@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
 import pika
+import pika.exceptions
 import pytest
 
 from tests._evidence import touched
@@ -82,7 +85,8 @@ def wait_equal(expected, actual, timeout=60.0, message='the two sides to be equa
 
 
 def reset_publisher() -> None:
-    """Close this process's publishing connections and forget a broker unreachable a moment ago.
+    """Close this process's publishing connections; forget a broker unreachable a moment ago
+    and the messages not confirmed.
 
     ``RabbitMQTransport`` fails publishes at once for a moment after a failed connection attempt
     (whatever the URL of the next test), and ``clean_connection()`` keeps that pause; the
@@ -95,10 +99,23 @@ def reset_publisher() -> None:
     publisher = RabbitMQTransport._publisher
     publisher._unreachable = None
     publisher._unreachable_until = 0.0
+    # Messages never confirmed (e.g. the broker of the test is gone) would be published again
+    # on the next connection, into the next test.
+    publisher._unconfirmed.clear()
+    publisher._nacked.clear()
 
 
 def queue_depth(channel, queue: str) -> int:
-    """Ready messages in ``queue`` (which must exist), as the broker counts them."""
+    """Ready messages in ``queue`` (which must exist), as the broker counts them.
+
+    ``channel`` is a pika channel, or the URL of a broker to ask on a connection of its own.
+    """
+    if isinstance(channel, str):
+        connection = pika.BlockingConnection(pika.URLParameters(channel))
+        try:
+            return queue_depth(connection.channel(), queue)
+        finally:
+            connection.close()
     return channel.queue_declare(queue, passive=True).method.message_count
 
 
@@ -129,6 +146,15 @@ def bodies_before_marker(channel, exchange: str, queue: str, timeout: float = 30
     return bodies
 
 
+APPLIED_SIMPLEST = re.compile(r'CQRS is applied: pk = (\d+) \(simplest\)')
+RECEIVED_SIMPLEST = re.compile(r'CQRS is received: pk = (\d+) \(simplest\)')
+
+
+def applied_simplest(replica) -> Counter:
+    """How many times the replica log says each 'simplest' pk was applied."""
+    return Counter(int(pk) for pk in APPLIED_SIMPLEST.findall(replica.log()))
+
+
 def received_pks(log: str, pid: int) -> list[int]:
     """pks that worker ``pid`` logged as received (INFO log of ``tests.settings_broker``).
 
@@ -136,6 +162,86 @@ def received_pks(log: str, pid: int) -> list[int]:
     """
     pattern = rf'^\S+ \S+ {pid} INFO CQRS is received: pk = (\d+) '
     return [int(pk) for pk in re.findall(pattern, log, re.MULTILINE)]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM a process we started and return its exit code; SIGKILL it if it does not exit
+    in ``timeout`` seconds (its whole process group when it leads one, i.e. was started with
+    ``start_new_session=True``)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                if os.getpgid(process.pid) == process.pid:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
+            except ProcessLookupError:
+                pass
+            process.wait()
+    return process.returncode
+
+
+# Variables of the pytest process that must not leak into a service's environment.
+_PRIVATE_ENV = ('DJANGO_SETTINGS_MODULE', 'DJANGO_CONFIGURATION', 'PYTEST_CURRENT_TEST')
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment without what makes a process one of the services (Django
+    settings, ``CQRS_TEST_*``): each service brings its own."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in _PRIVATE_ENV and not key.startswith('CQRS_TEST_')
+    }
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+def shell_command(service, *args: str) -> str:
+    """A shell fragment running ``args`` with ``service``'s command prefix (e.g. ``manage.py``),
+    in its directory and environment (``service.command``, ``.cwd``, ``.env``).
+
+    For real pipelines (``pipeline``): each stage is a process of its own service.
+    """
+    base = base_env()
+    own = {key: value for key, value in service.env.items() if base.get(key) != value}
+    assignments = ' '.join(shlex.quote(f'{key}={value}') for key, value in own.items())
+    command = ' '.join(shlex.quote(part) for part in [*service.command, *args])
+    return f'(cd {shlex.quote(str(service.cwd))} && env {assignments} {command})'
+
+
+def pipeline(
+    *stages: str, pipefail: bool = True, check: bool = False, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """Run ``stage | stage | ...`` (stages from ``shell_command``) in bash; with ``check``,
+    fail the test unless it exits with 0."""
+    script = ' | '.join(stages)
+    if pipefail:
+        script = f'set -o pipefail; {script}'
+    result = subprocess.run(
+        ['bash', '-c', script],
+        cwd=ROOT,
+        env=base_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert_succeeded(result, f'pipeline {script}')
+    return result
+
+
+def assert_succeeded(result: subprocess.CompletedProcess, what: str) -> None:
+    """Fail the test, showing the output of ``what``, unless ``result`` exited with 0."""
+    if result.returncode != 0:
+        pytest.fail(
+            f'{what} exited with {result.returncode}\n'
+            f'stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-4000:]}'
+        )
 
 
 def handles_signal(pid: int, signum: int) -> bool:
@@ -174,6 +280,28 @@ def pg_admin(statement) -> None:
         connection.execute(statement)
 
 
+def cqrs_settings(*, master: dict | None = None, replica: dict | None = None, **top) -> dict:
+    """A deep copy of the current ``settings.CQRS``: ``master`` / ``replica`` merged into its
+    sections, ``top`` keys replaced."""
+    import copy
+
+    from django.conf import settings
+
+    conf = copy.deepcopy(settings.CQRS)
+    conf.update(top)
+    for section, changes in (('master', master), ('replica', replica)):
+        if changes:
+            conf[section] = {**conf.get(section, {}), **changes}
+    return conf
+
+
+def override_cqrs(*, master: dict | None = None, replica: dict | None = None, **top):
+    """``override_settings`` of ``CQRS`` as ``cqrs_settings`` builds it (decorator or context)."""
+    from django.test import override_settings
+
+    return override_settings(CQRS=cqrs_settings(master=master, replica=replica, **top))
+
+
 def cqrs_settings_for(transport, url, names, **replica):
     return {
         'transport': transport,
@@ -189,8 +317,8 @@ def settle_publisher(timeout: float = 10) -> None:
     """Wait for the broker's confirms of what this process published.
 
     Unconfirmed messages are kept for the next connection: left over, they would be published
-    again into the next test, whose exchange differs. (The conftest ``master`` fixture then
-    resets the publisher's connection state.)
+    again into the next test, whose exchange differs. The conftest ``master`` fixture calls
+    this at the end of each test, then ``reset_publisher``.
     """
     from dj_cqrs.transport import RabbitMQTransport
 
@@ -198,14 +326,45 @@ def settle_publisher(timeout: float = 10) -> None:
 
 
 class Broker:
-    """A pika connection of the test itself: capture queues, queue counts, hand publishing."""
+    """This test's exchange and queues on a RabbitMQ, seen through a pika connection of the test
+    itself: capture queues, queue counts, hand publishing.
+
+    ``names`` is the dict of the ``names`` fixture, which deletes the queues named in it.
+    """
 
     def __init__(self, url: str, names: dict) -> None:
+        self.url = url
         self.names = names
         self.exchange = names['exchange']
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.suffix = names.get('suffix') or uuid.uuid4().hex[:10]
+        self.connection = self.connect()
         self.channel = self.connection.channel()
         self.channel.exchange_declare(self.exchange, 'topic', durable=True)
+
+    def connect(self) -> pika.BlockingConnection:
+        """A new connection to the broker (the caller closes it)."""
+        return pika.BlockingConnection(pika.URLParameters(self.url))
+
+    def queue(self, name: str = 'replica') -> str:
+        """A queue name unique to this test; it and its dead-letter queue are deleted after."""
+        queue = f'{name}_{self.suffix}'
+        self.names.setdefault('extra_queues', []).extend([queue, f'dead_letter_{queue}'])
+        return queue
+
+    def queue_state(self, queue: str) -> tuple[int, int] | None:
+        """(ready messages, consumers) of ``queue``; None when it does not exist.
+
+        On a connection of its own, so that it can be called from any thread at any time.
+        """
+        connection = self.connect()
+        try:
+            frame = connection.channel().queue_declare(queue, passive=True)
+            return frame.method.message_count, frame.method.consumer_count
+        except pika.exceptions.ChannelClosedByBroker:
+            return None
+        finally:
+            if connection.is_open:
+                connection.close()
 
     def capture(self, routing_key: str = '#') -> str:
         """Declare a queue bound to the test exchange; deleted by the ``names`` fixture."""
@@ -284,6 +443,22 @@ def worker_pids(replica) -> list[int]:
     return sorted(children)
 
 
+# The keys of a message body on the wire, as django-cqrs writes them.
+WIRE_KEYS = frozenset(
+    {
+        'signal_type',
+        'cqrs_id',
+        'instance_data',
+        'previous_data',
+        'instance_pk',
+        'correlation_id',
+        'retries',
+        'expires',
+        'meta',
+    }
+)
+
+
 def wire_body(pk: int, **changes) -> dict:
     """A valid SAVE body for 'simplest', as the master would send it."""
     body = {
@@ -314,7 +489,35 @@ def master_rows() -> list[tuple[int, int]]:
 
 
 def replica_rows(replica) -> list[tuple[int, int]]:
+    """(id, cqrs_revision) of the replica's ``SimplestReplica`` rows, sorted."""
     return sorted(replica.query(f'SELECT id, cqrs_revision FROM {SIMPLEST}'))
+
+
+def master_names() -> list[tuple[int, str, int]]:
+    """(id, name, cqrs_revision) of this process's master ``SimplestModel`` rows, sorted."""
+    from tests.dj_master.models import SimplestModel
+
+    return sorted(SimplestModel.objects.values_list('id', 'name', 'cqrs_revision'))
+
+
+def replica_names(replica, table: str = SIMPLEST) -> list[tuple[int, str, int]]:
+    """(id, name, cqrs_revision) of the rows of a replica ``table``, sorted."""
+    return sorted(replica.query(f'SELECT id, name, cqrs_revision FROM {table}'))
+
+
+def clean_redis(url: str, names: dict) -> None:
+    """Remove the Redis keys of this test's queues and exchange bindings (Kombu on Redis)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        queues = [names['queue'], names['dead_letter_queue'], *names.get('extra_queues', ())]
+        bindings = [
+            f'_kombu.{kind}.{names["exchange"]}' for kind in ('binding', 'binding_permanent')
+        ]
+        client.delete(*queues, *bindings)
+    finally:
+        client.close()
 
 
 def assert_replica_equals_master(replica, timeout: float = 90) -> None:
@@ -344,6 +547,8 @@ class ReplicaService:
         self.env = {**os.environ, **env, 'CQRS_TEST_DB': str(self.db_path)}
         self.env['DJANGO_SETTINGS_MODULE'] = 'tests.settings_broker'
         self.env['PYTHONPATH'] = str(ROOT)
+        self.cwd = ROOT
+        self.command = [sys.executable, '-m', 'django']
         self.process: subprocess.Popen | None = None
         self.manage('migrate', '--run-syncdb', '-v', '0')
 
@@ -380,14 +585,8 @@ class ReplicaService:
         )
 
     def stop(self, timeout: float = 20) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        """Stop ``cqrs_consume`` (``stop_process``); its exit code, None if never started."""
+        return None if self.process is None else stop_process(self.process, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ''
@@ -396,6 +595,15 @@ class ReplicaService:
         connection = sqlite3.connect(self.db_path, timeout=30)
         try:
             return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+
+    def execute(self, sql: str, params: tuple = ()) -> int:
+        """Change the database behind the service's back (committed); the rows changed."""
+        connection = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            with connection:
+                return connection.execute(sql, params).rowcount
         finally:
             connection.close()
 
@@ -453,6 +661,12 @@ class PostgresReplicaService(ReplicaService):
         with psycopg.connect(dbname=self.pg_name, autocommit=True, **PG_SERVER) as connection:
             return connection.execute(sql.replace('?', '%s'), params).fetchall()
 
+    def execute(self, sql: str, params: tuple = ()) -> int:
+        import psycopg
+
+        with psycopg.connect(dbname=self.pg_name, autocommit=True, **PG_SERVER) as connection:
+            return connection.execute(sql.replace('?', '%s'), params).rowcount
+
     def drop(self) -> None:
         pg_admin(f'DROP DATABASE IF EXISTS {self.pg_name} WITH (FORCE)')
 
@@ -475,12 +689,7 @@ def private_node_broker(private_broker):
 
 def outbox_on():
     """``settings.CQRS['master']['outbox'] = True`` on top of what ``master(...)`` set."""
-    from django.conf import settings
-    from django.test import override_settings
-
-    return override_settings(
-        CQRS={**settings.CQRS, 'master': {**settings.CQRS['master'], 'outbox': True}}
-    )
+    return override_cqrs(master={'outbox': True})
 
 
 def create_in_transactions(ids: list[int], transactions: int) -> None:

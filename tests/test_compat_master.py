@@ -1,6 +1,5 @@
 """Issue 9, master side (items 1-11 and the master modules of item 29): django-cqrs behaviour."""
 
-import copy
 import threading
 import uuid
 from datetime import date, time
@@ -9,7 +8,6 @@ from decimal import Decimal
 import pytest
 import ujson
 from django.db import connection, transaction
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from model_utils import FieldTracker
 
@@ -18,7 +16,6 @@ from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME, SignalType
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport.loopback import LoopbackTransport
-from tests import settings as test_settings
 from tests.dj_master.models import (
     Author,
     AutoFieldsModel,
@@ -31,6 +28,7 @@ from tests.dj_master.models import (
     UUIDPkModel,
 )
 from tests.dj_replica.models import SimplestReplica
+from tests.harness import override_cqrs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,12 +45,6 @@ def _clear_correlation_calls():
     correlation_calls.clear()
     yield
     correlation_calls.clear()
-
-
-def cqrs_master_settings(**master):
-    cqrs = copy.deepcopy(test_settings.CQRS)
-    cqrs['master'].update(master)
-    return override_settings(CQRS=cqrs)
 
 
 def wire(payload):
@@ -356,7 +348,7 @@ def test_item_07_sync_returns_true_when_it_would_have_published(produced):
     assert SimplestModel(id=3).cqrs_sync() is False  # unsaved
     assert produced == []
 
-    with cqrs_master_settings(CQRS_PRODUCE=False):
+    with override_cqrs(master={'CQRS_PRODUCE': False}):
         obj = SimplestModel.objects.create(id=1)
         assert obj.cqrs_sync() is True
 
@@ -383,7 +375,7 @@ def test_item_08_unimportable_serializer_raises_import_error(produced, monkeypat
 
 
 def test_item_09_payload_calls_correlation_function_without_correlation_id():
-    with cqrs_master_settings(correlation_function=correlation_function):
+    with override_cqrs(master={'correlation_function': correlation_function}):
         pk = uuid.UUID(int=5)
         payload = TransportPayload('SAVE', 'simplest', {}, pk, queue='q')
         given = TransportPayload('SAVE', 'simplest', {}, 1, correlation_id='given')
@@ -396,7 +388,7 @@ def test_item_09_payload_calls_correlation_function_without_correlation_id():
 
 
 def test_item_09_correlation_function_gets_the_model_pk(produced):
-    with cqrs_master_settings(correlation_function=correlation_function):
+    with override_cqrs(master={'correlation_function': correlation_function}):
         obj = UUIDPkModel.objects.create()
     assert correlation_calls == [('SAVE', 'uuid_pk', obj.pk, None)]
     assert produced[0].correlation_id == f'corr-SAVE-{obj.pk}'
@@ -445,7 +437,7 @@ def test_item_10_decimal_in_previous_data(produced):
 
 def test_item_10_decimal_survives_the_outbox(produced, monkeypatch):
     monkeypatch.setattr('dj_cqrs.controller.producer._publish_saved', lambda *args, **kwargs: None)
-    with cqrs_master_settings(outbox=True):
+    with override_cqrs(master={'outbox': True}):
         obj = TrackedAllModel.objects.create(amount=Decimal('1.25'))
         obj.amount = Decimal('3.75')
         obj.save()
@@ -454,7 +446,7 @@ def test_item_10_decimal_survives_the_outbox(produced, monkeypatch):
     assert [row.previous_data.get('amount') for row in rows] == [None, 1.25]
 
     produced.clear()
-    with cqrs_master_settings(outbox=True):
+    with override_cqrs(master={'outbox': True}):
         assert outbox.relay_batch('default', min_age=0) == 2
     bodies = [ujson.loads(wire(payload)) for payload in produced]
     assert [body['previous_data'].get('amount') for body in bodies] == [None, 1.25]
@@ -514,7 +506,7 @@ def test_item_29_correlation_module(produced):
 
     assert utils_get_correlation_id is get_correlation_id
     assert get_correlation_id('SAVE', 'simplest', 1, None) is None
-    with cqrs_master_settings(correlation_function=correlation_function):
+    with override_cqrs(master={'correlation_function': correlation_function}):
         assert get_correlation_id('SYNC', 'simplest', 1, 'q') == 'corr-SYNC-1'
     assert correlation_calls == [('SYNC', 'simplest', 1, 'q')]
 

@@ -4,7 +4,6 @@ The replica models of ``tests.dj_replica`` used here are written as against djan
 with ``**kwargs``, ``super()`` calls, table-less abstract handlers.
 """
 
-import copy
 import queue
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -38,6 +37,7 @@ from tests.dj_replica.models import (
     PlainFKReplica,
     SimplestReplica,
 )
+from tests.harness import override_cqrs
 
 UPDATED = '2024-05-01 10:00:00+00:00'
 
@@ -523,12 +523,6 @@ def test_item_29_install_last_query_capturer_takes_a_model_class():
     assert 'captured_marker' in capturers[0].query
 
 
-def _conf(**replica):
-    conf = copy.deepcopy(settings.CQRS)
-    conf.setdefault('replica', {}).update(replica)
-    return conf
-
-
 def _statement_timeout():
     with connection.cursor() as cursor:
         cursor.execute('SHOW statement_timeout')
@@ -543,7 +537,7 @@ TIMEOUT_CONF = {'CQRS_QUERY_TIMEOUT': 900, 'CQRS_LOG_TIMED_OUT_QUERIES': True}
 @pytest.mark.usefixtures('_no_capturers')
 def test_item_29_apply_query_timeouts_outside_a_transaction_sets_the_session():
     try:
-        with override_settings(CQRS=_conf(**TIMEOUT_CONF)):
+        with override_cqrs(replica={**TIMEOUT_CONF}):
             apply_query_timeouts(SimplestReplica)
         assert _statement_timeout() == '900ms'
         with transaction.atomic():
@@ -561,7 +555,7 @@ def test_item_29_apply_query_timeouts_outside_a_transaction_sets_the_session():
 @pytest.mark.usefixtures('_no_capturers')
 def test_item_29_apply_query_timeouts_inside_a_transaction_lasts_until_its_end():
     with transaction.atomic():
-        with override_settings(CQRS=_conf(**TIMEOUT_CONF)):
+        with override_cqrs(replica={**TIMEOUT_CONF}):
             apply_query_timeouts(SimplestReplica)
         assert _statement_timeout() == '900ms'
     assert _statement_timeout() == '0'

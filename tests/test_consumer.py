@@ -1,10 +1,8 @@
 """Consumer controller: ``dj_cqrs.controller.consumer.consume`` and its safety nets."""
 
-import copy
 import logging
 
 import pytest
-from django.conf import settings
 from django.db import OperationalError, connection, connections, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -15,6 +13,7 @@ from dj_cqrs.controller.consumer import consume
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_replica.models import MetaReplica, NoDBReplica, RawReplica, SimplestReplica
+from tests.harness import cqrs_settings, override_cqrs
 
 UPDATED = '2024-05-01 10:00:00+00:00'
 
@@ -39,12 +38,6 @@ def logs(caplog, level=None, name='django-cqrs'):
         for r in caplog.records
         if r.name == name and (level is None or r.levelname == level)
     ]
-
-
-def cqrs_conf(**replica):
-    conf = copy.deepcopy(settings.CQRS)
-    conf.setdefault('replica', {}).update(replica)
-    return conf
 
 
 @pytest.fixture(autouse=True)
@@ -321,7 +314,7 @@ def test_wire_round_trip_then_consume():
 @pytest.mark.sqlite_only
 @pytest.mark.django_db
 def test_query_timeout_is_noop_on_sqlite():
-    conf = cqrs_conf(CQRS_QUERY_TIMEOUT=1000)
+    conf = cqrs_settings(replica={'CQRS_QUERY_TIMEOUT': 1000})
     with override_settings(CQRS=conf), CaptureQueriesContext(connection) as ctx:
         assert consume(save_payload(instance_data=data(1, 0, name='a')))
 
@@ -354,7 +347,7 @@ def _capturers():
 def test_query_timeout_on_postgresql(monkeypatch):
     seen = _record_statement_timeout(monkeypatch)
 
-    with override_settings(CQRS=cqrs_conf(CQRS_QUERY_TIMEOUT=1500)):
+    with override_cqrs(replica={'CQRS_QUERY_TIMEOUT': 1500}):
         assert consume(save_payload(instance_data=data(1, 0, name='a')))
 
     assert seen == ['1500ms']
@@ -369,7 +362,7 @@ def test_no_query_timeout_when_unset(monkeypatch, timeout):
     seen = _record_statement_timeout(monkeypatch)
 
     with (
-        override_settings(CQRS=cqrs_conf(CQRS_QUERY_TIMEOUT=timeout)),
+        override_cqrs(replica={'CQRS_QUERY_TIMEOUT': timeout}),
         CaptureQueriesContext(connection) as ctx,
     ):
         assert consume(save_payload(instance_data=data(1, 0, name='a')))
@@ -382,7 +375,7 @@ def test_no_query_timeout_when_unset(monkeypatch, timeout):
 @pytest.mark.django_db
 def test_query_timeout_not_set_for_no_db_models():
     with (
-        override_settings(CQRS=cqrs_conf(CQRS_QUERY_TIMEOUT=1500)),
+        override_cqrs(replica={'CQRS_QUERY_TIMEOUT': 1500}),
         CaptureQueriesContext(connection) as ctx,
     ):
         assert consume(save_payload('no_db', data(1, 0)))
@@ -392,7 +385,7 @@ def test_query_timeout_not_set_for_no_db_models():
 
 @pytest.mark.django_db
 def test_query_capturer_installed_when_logging_timed_out_queries():
-    conf = cqrs_conf(CQRS_QUERY_TIMEOUT=1500, CQRS_LOG_TIMED_OUT_QUERIES=True)
+    conf = cqrs_settings(replica={'CQRS_QUERY_TIMEOUT': 1500, 'CQRS_LOG_TIMED_OUT_QUERIES': True})
 
     with override_settings(CQRS=conf), CaptureQueriesContext(connection) as ctx:
         consume(save_payload(instance_data=data(1, 0, name='a')))
@@ -434,7 +427,9 @@ def test_log_timed_out_queries(caplog):
     caplog.set_level(logging.DEBUG)
     error = _timed_out_query()
 
-    conf = cqrs_conf(CQRS_LOG_TIMED_OUT_QUERIES=True, CQRS_QUERY_LOGGER='cqrs.timeouts')
+    conf = cqrs_settings(
+        replica={'CQRS_LOG_TIMED_OUT_QUERIES': True, 'CQRS_QUERY_LOGGER': 'cqrs.timeouts'}
+    )
     with override_settings(CQRS=conf):
         cqrs_logger.log_timed_out_queries(error, SimplestReplica)
 
@@ -450,7 +445,7 @@ def test_log_timed_out_queries_default_logger(caplog):
     caplog.set_level(logging.DEBUG)
     error = _timed_out_query()
 
-    with override_settings(CQRS=cqrs_conf(CQRS_LOG_TIMED_OUT_QUERIES=True)):
+    with override_cqrs(replica={'CQRS_LOG_TIMED_OUT_QUERIES': True}):
         cqrs_logger.log_timed_out_queries(error, SimplestReplica)
 
     assert sum('timed_out_marker' in m for m in logs(caplog, name='django-cqrs')) == 1
@@ -462,7 +457,9 @@ def test_timed_out_queries_not_logged_when_disabled(caplog):
     caplog.set_level(logging.DEBUG)
     error = _timed_out_query()
 
-    conf = cqrs_conf(CQRS_LOG_TIMED_OUT_QUERIES=False, CQRS_QUERY_LOGGER='cqrs.timeouts')
+    conf = cqrs_settings(
+        replica={'CQRS_LOG_TIMED_OUT_QUERIES': False, 'CQRS_QUERY_LOGGER': 'cqrs.timeouts'}
+    )
     with override_settings(CQRS=conf):
         cqrs_logger.log_timed_out_queries(error, SimplestReplica)
 
@@ -489,7 +486,9 @@ def test_other_errors_are_not_logged_as_timeouts(caplog, error):
     raised = error()
     SimplestReplica.objects.filter(name='other_error_marker').exists()
 
-    conf = cqrs_conf(CQRS_LOG_TIMED_OUT_QUERIES=True, CQRS_QUERY_LOGGER='cqrs.timeouts')
+    conf = cqrs_settings(
+        replica={'CQRS_LOG_TIMED_OUT_QUERIES': True, 'CQRS_QUERY_LOGGER': 'cqrs.timeouts'}
+    )
     with override_settings(CQRS=conf):
         cqrs_logger.log_timed_out_queries(raised, SimplestReplica)
 
@@ -512,8 +511,12 @@ def _consume_timing_out(caplog, monkeypatch):
         return cls.cqrs.save_instance(master_data, previous_data, sync, meta)
 
     monkeypatch.setattr(SimplestReplica, 'cqrs_save', classmethod(slow_save))
-    conf = cqrs_conf(
-        CQRS_QUERY_TIMEOUT=100, CQRS_LOG_TIMED_OUT_QUERIES=True, CQRS_QUERY_LOGGER='cqrs.timeouts'
+    conf = cqrs_settings(
+        replica={
+            'CQRS_QUERY_TIMEOUT': 100,
+            'CQRS_LOG_TIMED_OUT_QUERIES': True,
+            'CQRS_QUERY_LOGGER': 'cqrs.timeouts',
+        }
     )
     with override_settings(CQRS=conf):
         # Item 17: a database error is logged and None returned (the transport retries).

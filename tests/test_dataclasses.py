@@ -11,18 +11,7 @@ from dj_cqrs.constants import SignalType
 from dj_cqrs.dataclasses import TransportPayload
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import SimplestReplica
-
-WIRE_KEYS = {
-    'signal_type',
-    'cqrs_id',
-    'instance_data',
-    'previous_data',
-    'instance_pk',
-    'correlation_id',
-    'retries',
-    'expires',
-    'meta',
-}
+from tests.harness import WIRE_KEYS
 
 EXPIRES = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
 

@@ -1,6 +1,5 @@
 """Master side (SPEC §3): publishing, revisions, transactions, meta, sync, raw mixins, errors."""
 
-import copy
 import logging
 import re
 from datetime import datetime, timedelta, timezone
@@ -8,12 +7,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from dateutil.parser import parse as parse_datetime
 from django.db import connection, transaction
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from dj_cqrs.constants import SignalType
 from dj_cqrs.transport.loopback import LoopbackTransport
-from tests import settings as test_settings
 from tests.dj_master.models import (
     Author,
     CustomDeleteModel,
@@ -38,6 +35,7 @@ from tests.dj_replica.models import (
     TreeReplica,
     UUIDReplica,
 )
+from tests.harness import override_cqrs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,12 +64,6 @@ def _clear_calls():
     yield
     meta_calls.clear()
     correlation_calls.clear()
-
-
-def cqrs_settings_with(**master):
-    cqrs = copy.deepcopy(test_settings.CQRS)
-    cqrs['master'].update(master)
-    return override_settings(CQRS=cqrs)
 
 
 def db_revision(model, pk):
@@ -155,7 +147,7 @@ def test_payload_expires_uses_message_ttl(produced):
 
 
 def test_message_ttl_none_never_expires(produced):
-    with cqrs_settings_with(CQRS_MESSAGE_TTL=None):
+    with override_cqrs(master={'CQRS_MESSAGE_TTL': None}):
         SimplestModel.objects.create(id=1)
 
     assert produced[0].expires is None
@@ -390,7 +382,7 @@ def test_save_update_fields_with_auto_update_fields_setting_publishes(produced):
     obj = SimplestModel.objects.create(id=1, name='start')
     produced.clear()
 
-    with cqrs_settings_with(CQRS_AUTO_UPDATE_FIELDS=True):
+    with override_cqrs(master={'CQRS_AUTO_UPDATE_FIELDS': True}):
         obj.name = 'auto'
         obj.save(update_fields=['name'])
 
@@ -405,7 +397,7 @@ def test_auto_update_fields_setting_can_be_overridden_per_save(produced):
     obj = SimplestModel.objects.create(id=1, name='start')
     produced.clear()
 
-    with cqrs_settings_with(CQRS_AUTO_UPDATE_FIELDS=True):
+    with override_cqrs(master={'CQRS_AUTO_UPDATE_FIELDS': True}):
         obj.name = 'quiet'
         obj.save(update_fields=['name'], update_cqrs_fields=False)
 
@@ -491,7 +483,7 @@ def test_no_meta_by_default(produced):
 
 @pytest.mark.parametrize('func', [meta_function, 'tests.test_master.meta_function'])
 def test_meta_function_setting(produced, func):
-    with cqrs_settings_with(meta_function=func):
+    with override_cqrs(master={'meta_function': func}):
         obj = TrackedModel.objects.create(name='a')
         obj.name = 'b'
         obj.save()
@@ -516,7 +508,7 @@ def test_meta_function_setting(produced, func):
 
 
 def test_model_get_cqrs_meta_wins_over_meta_function(produced):
-    with cqrs_settings_with(meta_function=meta_function):
+    with override_cqrs(master={'meta_function': meta_function}):
         MetaModel.objects.create(name='own')
     assert produced[0].meta == {'model_meta': 'own', 'signal_type': 'SAVE'}
     assert meta_calls == []
@@ -526,7 +518,7 @@ def test_model_get_cqrs_meta_wins_over_meta_function(produced):
 
 
 def test_correlation_id_from_correlation_function(produced):
-    with cqrs_settings_with(correlation_function=correlation_function):
+    with override_cqrs(master={'correlation_function': correlation_function}):
         obj = SimplestModel.objects.create(id=7)
         obj.cqrs_sync(queue='replica')
         obj.delete()
@@ -544,7 +536,7 @@ def test_correlation_id_from_correlation_function(produced):
 
 
 def test_correlation_function_as_dotted_path(produced):
-    with cqrs_settings_with(correlation_function='tests.test_master.correlation_function'):
+    with override_cqrs(master={'correlation_function': 'tests.test_master.correlation_function'}):
         obj = UUIDPkModel.objects.create()
     assert produced[0].correlation_id == f'SAVE:uuid_pk:{obj.pk}:None'
     assert correlation_calls == [('SAVE', 'uuid_pk', obj.pk, None)]

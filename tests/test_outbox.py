@@ -10,18 +10,15 @@ The test settings have a second database, ``other``: a change saved there keeps 
 row there too.
 """
 
-import copy
 import io
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.db.models import F
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -30,6 +27,7 @@ from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import _outbox
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport.loopback import LoopbackTransport
+from tests import harness
 from tests.dj_master.models import CustomDeleteModel, SimplestModel, TrackedModel
 from tests.dj_replica.models import CustomDeleteReplica, SimplestReplica
 
@@ -41,17 +39,11 @@ OUTBOX_TABLE = CQRSOutboxMessage._meta.db_table
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def cqrs_with_outbox(enabled=True):
-    conf = copy.deepcopy(settings.CQRS)
-    conf.setdefault('master', {})['outbox'] = enabled
-    return override_settings(CQRS=conf)
-
-
 @pytest.fixture
 def outbox_on():
     """The outbox switched on; confirmed rows of other tests are forgotten first."""
     outbox.flush_published()
-    with cqrs_with_outbox(True):
+    with harness.outbox_on():
         yield
     outbox.flush_published()
 
@@ -253,7 +245,7 @@ def test_delete_row_keeps_custom_delete_data(outbox_on, broker):
 
 def test_outbox_off_writes_nothing(broker):
     outbox.flush_published()
-    with cqrs_with_outbox(False):
+    with harness.override_cqrs(master={'outbox': False}):
         obj = SimplestModel.objects.create(id=1, name='first')
         with transaction.atomic():
             obj.name = 'second'

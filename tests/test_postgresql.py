@@ -3,15 +3,12 @@
 Run with ``--ds=tests.settings_pg`` (every test here is skipped on SQLite).
 """
 
-import copy
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.conf import settings
 from django.db import OperationalError, connection, connections, transaction
-from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from dj_cqrs import outbox
@@ -22,6 +19,7 @@ from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import LockedReplica, SimplestReplica
+from tests.harness import override_cqrs
 
 pytestmark = pytest.mark.postgresql_only
 
@@ -55,13 +53,6 @@ def try_lock_nowait(table, pk):
             return cursor.fetchall()
     except OperationalError as exc:
         return exc
-
-
-def cqrs_conf(master=None, **replica):
-    conf = copy.deepcopy(settings.CQRS)
-    conf.setdefault('master', {}).update(master or {})
-    conf.setdefault('replica', {}).update(replica)
-    return override_settings(CQRS=conf)
 
 
 # --- CQRS_SELECT_FOR_UPDATE -------------------------------------------------------------------
@@ -118,7 +109,7 @@ def test_select_for_update_really_locks_the_row_until_the_transaction_ends():
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_relays_publish_every_row_exactly_once(monkeypatch):
     total_rows = 300
-    with cqrs_conf(master={'outbox': True}):
+    with override_cqrs(master={'outbox': True}):
         outbox.flush_published()
         monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(lambda payload: False))
         SimplestModel.cqrs.bulk_create(
@@ -170,10 +161,12 @@ def test_concurrent_relays_publish_every_row_exactly_once(monkeypatch):
 
 
 def timeout_conf():
-    return cqrs_conf(
-        CQRS_QUERY_TIMEOUT=200,
-        CQRS_LOG_TIMED_OUT_QUERIES=True,
-        CQRS_QUERY_LOGGER=TIMEOUT_LOGGER,
+    return override_cqrs(
+        replica={
+            'CQRS_QUERY_TIMEOUT': 200,
+            'CQRS_LOG_TIMED_OUT_QUERIES': True,
+            'CQRS_QUERY_LOGGER': TIMEOUT_LOGGER,
+        }
     )
 
 
@@ -290,7 +283,7 @@ def test_timed_out_queries_are_not_logged_when_not_asked(monkeypatch, caplog):
 
     monkeypatch.setattr(SimplestReplica, 'cqrs_save', classmethod(cqrs_save))
 
-    with cqrs_conf(CQRS_QUERY_TIMEOUT=200):
+    with override_cqrs(replica={'CQRS_QUERY_TIMEOUT': 200}):
         assert consume(save_payload('simplest', 1, 0, name='slow')) is None
 
     assert 'Timed out query' not in caplog.text

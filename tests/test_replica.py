@@ -27,6 +27,7 @@ from tests.dj_replica.models import (
     RawReplica,
     SimplestReplica,
 )
+from tests.harness import override_cqrs
 
 pytestmark = pytest.mark.django_db
 
@@ -69,12 +70,6 @@ def logs(caplog, level=None):
 def has_log(caplog, level, *words):
     """True when one ``django-cqrs`` record of ``level`` contains every word (case-insensitive)."""
     return any(all(w.lower() in m.lower() for w in words) for m in logs(caplog, level))
-
-
-def cqrs_conf(**replica):
-    conf = copy.deepcopy(settings.CQRS)
-    conf.setdefault('replica', {}).update(replica)
-    return conf
 
 
 def make_simplest(pk=1, rev=3, name='stored'):
@@ -646,19 +641,19 @@ def test_should_retry_defaults_from_settings():
 
 
 def test_should_retry_forever_when_max_retries_is_none():
-    with override_settings(CQRS=cqrs_conf(CQRS_MAX_RETRIES=None)):
+    with override_cqrs(replica={'CQRS_MAX_RETRIES': None}):
         assert SimplestReplica.should_retry_cqrs(0) is True
         assert SimplestReplica.should_retry_cqrs(10**6) is True
 
 
 def test_should_never_retry_when_max_retries_is_zero():
-    with override_settings(CQRS=cqrs_conf(CQRS_MAX_RETRIES=0)):
+    with override_cqrs(replica={'CQRS_MAX_RETRIES': 0}):
         assert SimplestReplica.should_retry_cqrs(0) is False
         assert SimplestReplica.should_retry_cqrs(1) is False
 
 
 def test_should_retry_follows_changed_max_retries():
-    with override_settings(CQRS=cqrs_conf(CQRS_MAX_RETRIES=2)):
+    with override_cqrs(replica={'CQRS_MAX_RETRIES': 2}):
         assert SimplestReplica.should_retry_cqrs(1) is True
         assert SimplestReplica.should_retry_cqrs(2) is False
     assert SimplestReplica.should_retry_cqrs(4) is True
@@ -668,7 +663,7 @@ def test_retry_delay_from_settings():
     # tests.settings: CQRS_RETRY_DELAY = 1
     assert SimplestReplica.get_cqrs_retry_delay(0) == 1
     assert SimplestReplica.get_cqrs_retry_delay(3) == 1
-    with override_settings(CQRS=cqrs_conf(CQRS_RETRY_DELAY=7)):
+    with override_cqrs(replica={'CQRS_RETRY_DELAY': 7}):
         assert SimplestReplica.get_cqrs_retry_delay(3) == 7
         assert RawReplica.get_cqrs_retry_delay(0) == 7
 

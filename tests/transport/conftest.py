@@ -2,65 +2,42 @@
 
 The brokers come from ``scripts/services.sh up`` (``make test`` runs it). A broker that cannot
 be reached fails the test run; nothing here is skipped. The helpers are in ``tests.harness``;
-``amqp_url`` and ``redis_url`` are fixtures of the root ``conftest.py``.
+``amqp_url``, ``redis_url``, ``names`` and ``broker`` are fixtures of the root ``conftest.py``
+(shared with ``integration_tests``).
 """
 
 from __future__ import annotations
 
-import uuid
-
-import pika
 import pytest
 from django.test import override_settings
 
 from tests.harness import (
     RABBIT,
-    Broker,
     PostgresReplicaService,
     ReplicaService,
     cqrs_settings_for,
     reset_publisher,
+    settle_publisher,
 )
 
 
-@pytest.fixture
-def names(amqp_url):
-    """Unique exchange / queue names for one test; deleted from RabbitMQ afterwards."""
-    suffix = uuid.uuid4().hex[:10]
-    result = {
-        'exchange': f'cqrs_test_{suffix}',
-        'queue': f'replica_{suffix}',
-        'dead_letter_queue': f'dead_letter_replica_{suffix}',
-    }
-    yield result
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    for queue in (result['queue'], result['dead_letter_queue'], *result.get('extra_queues', ())):
-        channel.queue_delete(queue)
-    channel.exchange_delete(result['exchange'])
-    connection.close()
-
-
-@pytest.fixture
-def broker(request, amqp_url, names):
-    """The shared broker seen through pika (``tests.harness.Broker``), closed afterwards.
-
-    A test module that sets ``REPLICA_QUEUE_BINDINGS`` (routing keys) gets the replica queue
-    declared and bound to them.
-    """
-    result = Broker(amqp_url, names)
-    bindings = getattr(request.module, 'REPLICA_QUEUE_BINDINGS', ())
-    if bindings:
-        result.bind_replica_queue(*bindings)
-    yield result
-    result.close()
+@pytest.fixture(autouse=True)
+def _fresh_publisher():
+    """Every test starts and ends with a fresh publisher (``reset_publisher``): nothing this
+    process published for one test (an unconfirmed message, a broker found unreachable) reaches
+    the next one, whether or not it used ``master``."""
+    reset_publisher()
+    yield
+    reset_publisher()
 
 
 @pytest.fixture
 def master(names, amqp_url):
     """This test process as a master service publishing to RabbitMQ under unique names.
 
-    The publisher starts and ends fresh (``reset_publisher``): no state leaks between tests.
+    The publisher starts and ends fresh: at the end the broker's confirms of what the test
+    published are awaited (``settle_publisher``), then ``reset_publisher``; no state leaks
+    between tests.
     """
 
     def configure(transport=RABBIT, url=None, **replica):
@@ -73,6 +50,7 @@ def master(names, amqp_url):
     overrides = []
     reset_publisher()
     yield configure
+    settle_publisher(timeout=30)
     reset_publisher()
     for override in reversed(overrides):
         override.disable()

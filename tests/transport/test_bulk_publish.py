@@ -19,34 +19,11 @@ from dj_cqrs.management.commands import cqrs_sync
 from dj_cqrs.mixins import RawMasterMixin
 from dj_cqrs.transport import RabbitMQTransport, rabbit_mq
 from tests.dj_master.models import SimplestModel
-from tests.harness import settle_publisher, wait_for
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EXPIRES = datetime(2031, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def master(master):
-    yield master
-    settle_publisher()
-
-
-@pytest.fixture
-def channel(amqp_url, names):
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    result = connection.channel()
-    result.exchange_declare(names['exchange'], 'topic', durable=True)
-    yield result
-    connection.close()
-
-
-def capture(channel, names, routing_key: str = '#') -> str:
-    queue = f'capture_{names["queue"]}_{len(names.setdefault("extra_queues", []))}'
-    names['extra_queues'].append(queue)
-    channel.queue_declare(queue, durable=True)
-    channel.queue_bind(queue, names['exchange'], routing_key)
-    return queue
 
 
 def take_raw(channel, queue: str, number: int) -> list[tuple]:
@@ -84,16 +61,16 @@ def payloads() -> list[TransportPayload]:
     ]  # fmt: skip
 
 
-def test_item_10_3_produce_many_puts_on_the_wire_what_produce_does(master, names, channel):
+def test_item_10_3_produce_many_puts_on_the_wire_what_produce_does(master, broker):
     master()
-    queue = capture(channel, names)
+    queue = broker.capture()
     for payload in payloads():
         assert RabbitMQTransport.produce(payload) is True
-    one_by_one = take_raw(channel, queue, 4)
+    one_by_one = take_raw(broker.channel, queue, 4)
 
     writes = []
     RabbitMQTransport.produce(payloads()[0])  # the connection is open
-    take_raw(channel, queue, 1)
+    take_raw(broker.channel, queue, 1)
     impl = RabbitMQTransport._publisher._connection._impl
     original = impl._output_marshaled_frames
     impl._output_marshaled_frames = lambda frames: (writes.append(frames), original(frames))
@@ -102,20 +79,20 @@ def test_item_10_3_produce_many_puts_on_the_wire_what_produce_does(master, names
     finally:
         del impl._output_marshaled_frames
     assert RabbitMQTransport.flush()
-    assert take_raw(channel, queue, 4) == one_by_one
+    assert take_raw(broker.channel, queue, 4) == one_by_one
     assert one_by_one[1][0] == 'cqrs.replica.simplest'
     assert len(writes) == 1, 'the frames of the batch are written at once'
     assert RabbitMQTransport._publisher.unconfirmed_count == 0
 
 
 def test_item_10_3_cqrs_sync_bodies_over_rabbitmq_are_those_of_the_instance_path(
-    master, names, channel, monkeypatch
+    master, broker, monkeypatch
 ):
     master()
     for pk in range(1, 8):
         SimplestModel.objects.create(id=pk, name=f'row {pk}' if pk % 2 else None)
     assert RabbitMQTransport.flush()
-    queue = capture(channel, names, 'simplest')
+    queue = broker.capture('simplest')
     monkeypatch.setattr(cqrs_sync, 'get_message_expiration_dt', lambda: EXPIRES)
     monkeypatch.setattr(producer, 'get_message_expiration_dt', lambda: EXPIRES)
     bulk = []
@@ -131,7 +108,7 @@ def test_item_10_3_cqrs_sync_bodies_over_rabbitmq_are_those_of_the_instance_path
         out = io.StringIO()
         call_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-b', '3', stdout=out)
         assert out.getvalue().endswith('7 instance(s) synced.\n7 instance(s) processed.\n')
-        return take_raw(channel, queue, 7)
+        return take_raw(broker.channel, queue, 7)
 
     fast = sync()
     assert bulk == [3, 3, 1]

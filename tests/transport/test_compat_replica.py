@@ -13,7 +13,7 @@ import kombu
 import pytest
 
 from tests.dj_master.models import SimplestModel
-from tests.harness import KOMBU, RABBIT, wait_for, wire_body
+from tests.harness import KOMBU, RABBIT, clean_redis, wait_for, wire_body
 
 DB_ERROR = 'dj_replica_dberrorreplica'
 UPDATED = '2024-01-01 00:00:00+00:00'
@@ -27,22 +27,8 @@ def setup(request, names):
     if request.param == 'kombu-amqp':
         return KOMBU, request.getfixturevalue('amqp_url')
     url = request.getfixturevalue('redis_url')
-    request.addfinalizer(lambda: _clean_redis(url, names))
+    request.addfinalizer(lambda: clean_redis(url, names))
     return KOMBU, url
-
-
-def _clean_redis(url, names):
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        queues = [names['queue'], names['dead_letter_queue'], *names.get('extra_queues', ())]
-        bindings = [
-            f'_kombu.{kind}.{names["exchange"]}' for kind in ('binding', 'binding_permanent')
-        ]
-        client.delete(*queues, *bindings)
-    finally:
-        client.close()
 
 
 def body(cqrs_id, pk, **fields):

@@ -8,7 +8,6 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 
-import pika
 import pytest
 import ujson
 from django.core.management import call_command
@@ -21,14 +20,12 @@ EXPIRES = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$')
 
 
 @pytest.fixture
-def replica(names, amqp_url):
-    """Settings of a replica service under unique names, and a pika channel on its broker."""
+def replica(names, amqp_url, broker):
+    """Settings of a replica service under unique names, and the ``broker`` (its queues
+    declared as the replica declares them)."""
     with override_settings(CQRS=cqrs_settings_for(RABBIT, amqp_url, names)):
-        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-        channel = connection.channel()
-        RabbitMQTransport.declare_replica_topology(channel)
-        yield channel
-        connection.close()
+        RabbitMQTransport.declare_replica_topology(broker.channel)
+        yield broker
 
 
 def dead_letter(pk: int, expires: str | None) -> bytes:
@@ -47,22 +44,9 @@ def dead_letter(pk: int, expires: str | None) -> bytes:
     return ujson.dumps(body).encode()
 
 
-def put_dead_letters(channel, names: dict, *bodies: bytes) -> None:
+def put_dead_letters(broker, names: dict, *bodies: bytes) -> None:
     for body in bodies:
-        channel.basic_publish('', names['dead_letter_queue'], body)
-
-
-def count(channel, queue: str) -> int:
-    return channel.queue_declare(queue, passive=True).method.message_count
-
-
-def take(channel, queue: str, number: int) -> list[tuple[str, dict]]:
-    messages = []
-    for _ in range(number):
-        method, _properties, body = channel.basic_get(queue, auto_ack=True)
-        assert method is not None, f'{number} messages in {queue}'
-        messages.append((method.routing_key, json.loads(body)))
-    return messages
+        broker.channel.basic_publish('', names['dead_letter_queue'], body)
 
 
 def run(*args: str) -> str:
@@ -95,8 +79,8 @@ def test_item_26_retry_prints_each_message_and_requeues_it(replica, names):
     assert '"a\\/b \\u00fc 1"' in lines[2]
     assert lines[4] == ujson.dumps({**ujson.loads(no_expiry), 'retries': 0})
 
-    assert count(replica, names['dead_letter_queue']) == 0
-    requeued = take(replica, names['queue'], 2)
+    assert replica.count(names['dead_letter_queue']) == 0
+    requeued = [(key, body) for key, _, body in replica.take(names['queue'], 2)]
     assert [key for key, _ in requeued] == [f'cqrs.{names["queue"]}.simplest'] * 2
     assert [(body['instance_pk'], body['retries']) for _, body in requeued] == [(1, 0), (2, 0)]
     assert requeued[0][1]['expires'] == first['expires']
@@ -111,18 +95,18 @@ def test_item_26_dump_prints_each_body_and_keeps_them(replica, names):
     out = run('dump')
 
     assert out == ''.join(body.decode() + '\n' for body in bodies)
-    assert count(replica, names['dead_letter_queue']) == 2
+    assert replica.count(names['dead_letter_queue']) == 2
 
 
 def test_item_26_purge(replica, names):
     put_dead_letters(replica, names, dead_letter(1, None), dead_letter(2, None))
 
     assert run('purge') == 'Total dead letters: 2\nPurged\n'
-    assert count(replica, names['dead_letter_queue']) == 0
+    assert replica.count(names['dead_letter_queue']) == 0
 
 
 def test_item_26_empty_queue(replica, names):
     assert run('purge') == 'Total dead letters: 0\n'
     assert run('retry') == 'Total dead letters: 0\n'
     assert run('dump') == ''
-    assert count(replica, names['queue']) == 0
+    assert replica.count(names['queue']) == 0

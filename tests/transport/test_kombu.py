@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import uuid
 
 import pika
 import pytest
 
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.harness import KOMBU, RABBIT, sqlite_write_lock, wait_for
+from tests.harness import (
+    KOMBU,
+    RABBIT,
+    clean_redis,
+    queue_depth,
+    replica_names,
+    sqlite_write_lock,
+    wait_for,
+)
 
 SIMPLEST = 'dj_replica_simplestreplica'
 FLAKY = 'dj_replica_flakyreplica'
@@ -30,54 +37,19 @@ def kombu_url(request, names):
         return
     url = request.getfixturevalue('redis_url')
     yield url
-    _clean_redis(url, names)
+    clean_redis(url, names)
 
 
 @pytest.fixture
 def redis_names(names, redis_url):
     """``names`` for a Redis test, with its Redis keys removed afterwards."""
     yield names
-    _clean_redis(redis_url, names)
-
-
-def _clean_redis(url, names):
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        kinds = ('binding', 'binding_permanent')
-        queues = [names['queue'], names['dead_letter_queue'], *names.get('extra_queues', ())]
-        bindings = [f'_kombu.{kind}.{names["exchange"]}' for kind in kinds]
-        client.delete(*queues, *bindings)
-    finally:
-        client.close()
-
-
-def _execute(replica, sql, params=()):
-    """Write to a replica's database directly (``replica.query`` does not commit)."""
-    connection = sqlite3.connect(replica.db_path, timeout=30)
-    try:
-        with connection:
-            connection.execute(sql, params)
-    finally:
-        connection.close()
-
-
-def _rows(replica, table=SIMPLEST):
-    return replica.query(f'SELECT id, name, cqrs_revision FROM {table} ORDER BY id')
+    clean_redis(redis_url, names)
 
 
 def _attempts(replica, pk):
     rows = replica.query(f'SELECT attempts FROM {FLAKY_ATTEMPT} WHERE id = ?', (pk,))
     return rows[0][0] if rows else 0
-
-
-def _rabbit_message_count(amqp_url, queue):
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
 
 
 def _redis_message_count(redis_url, queue):
@@ -124,11 +96,11 @@ def test_save_update_delete_reach_replica(master, replica_service, kombu_url):
     master(transport=KOMBU, url=kombu_url)
 
     instance = SimplestModel.objects.create(id=1, name='first')
-    wait_for(lambda: _rows(replica) == [(1, 'first', 0)], message='created replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'first', 0)], message='created replica row')
 
     instance.name = 'second'
     instance.save()
-    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='updated replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'second', 1)], message='updated replica row')
 
     instance.delete()
     wait_for(lambda: replica.count() == 0, message='deleted replica row')
@@ -148,15 +120,15 @@ def test_rabbitmq_and_kombu_transports_interoperate(
     master(transport=master_transport, url=amqp_url)
 
     instance = SimplestModel.objects.create(id=1, name='first')
-    wait_for(lambda: _rows(replica) == [(1, 'first', 0)], message='created replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'first', 0)], message='created replica row')
     instance.name = 'second'
     instance.save()
-    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='updated replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'second', 1)], message='updated replica row')
 
     # A SYNC to the replica's own queue uses the cqrs.<queue>.<cqrs_id> routing key.
-    _execute(replica, f'DELETE FROM {SIMPLEST}')
+    replica.execute(f'DELETE FROM {SIMPLEST}')
     assert instance.cqrs_sync(queue=replica.env['CQRS_TEST_QUEUE'])
-    wait_for(lambda: _rows(replica) == [(1, 'second', 1)], message='synced replica row')
+    wait_for(lambda: replica_names(replica) == [(1, 'second', 1)], message='synced replica row')
 
     instance.delete()
     wait_for(lambda: replica.count() == 0, message='deleted replica row')
@@ -192,16 +164,16 @@ def test_sync_to_one_queue_reaches_only_that_replica(
     instance = SimplestModel.objects.create(id=1, name='first')
     for replica in (target, other):
         wait_for(lambda r=replica: r.count() == 1, message='broadcast row on both replicas')
-        _execute(replica, f'DELETE FROM {SIMPLEST}')
+        replica.execute(f'DELETE FROM {SIMPLEST}')
 
     assert instance.cqrs_sync(queue=redis_names['queue'])
-    wait_for(lambda: _rows(target) == [(1, 'first', 0)], message='synced row on the target')
+    wait_for(lambda: replica_names(target) == [(1, 'first', 0)], message='synced row on the target')
 
     # A later broadcast is queued behind the SYNC had it been routed to the other replica too.
     SimplestModel.objects.create(id=2, name='second')
     wait_for(lambda: target.count() == 2, message='broadcast row on the target')
     wait_for(lambda: other.count() == 1, message='broadcast row on the other replica')
-    assert _rows(other) == [(2, 'second', 0)]
+    assert replica_names(other) == [(2, 'second', 0)]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -218,7 +190,7 @@ def test_retries_then_dead_letter(master, replica_service, kombu_url, amqp_url, 
     if kombu_url.startswith('redis'):
         count = lambda: _redis_message_count(kombu_url, names['dead_letter_queue'])  # noqa: E731
     else:
-        count = lambda: _rabbit_message_count(amqp_url, names['dead_letter_queue'])  # noqa: E731
+        count = lambda: queue_depth(amqp_url, names['dead_letter_queue'])  # noqa: E731
     wait_for(lambda: count() == 1, message=f'one dead letter ({replica.log()[-3000:]})')
     assert _attempts(replica, 2) == 4  # the first attempt and CQRS_MAX_RETRIES = 3 retries
     assert replica.query(f'SELECT id FROM {FLAKY}') == [(1,)]
@@ -240,8 +212,8 @@ def test_consumer_prefetch_count_is_applied(master, replica_service, names, amqp
         for pk in range(1, 21):
             SimplestModel.objects.create(id=pk, name=f'row {pk}')
         wait_for(
-            lambda: _rabbit_message_count(amqp_url, names['queue']) == 20 - 7,
+            lambda: queue_depth(amqp_url, names['queue']) == 20 - 7,
             message='7 messages in flight and 13 ready',
         )
     wait_for(lambda: replica.count() == 20, message='the 20 rows on the replica')
-    assert _rabbit_message_count(amqp_url, names['queue']) == 0
+    assert queue_depth(amqp_url, names['queue']) == 0

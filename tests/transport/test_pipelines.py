@@ -9,16 +9,19 @@ the environment of the service it belongs to.
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import sqlite3
 import subprocess
 import sys
 
-import pika
 import pytest
 
-from tests.harness import ROOT, bodies_before_marker, wait_for
+from tests.harness import (
+    ROOT,
+    bodies_before_marker,
+    pipeline,
+    replica_names,
+    shell_command,
+    wait_for,
+)
 
 MASTER_TABLE = 'dj_master_simplestmodel'
 REPLICA_TABLE = 'dj_replica_simplestreplica'
@@ -38,50 +41,6 @@ for pk in (5, 12):
     row.save()
 """
 
-_SERVICE_KEYS = ('DJANGO_SETTINGS_MODULE', 'PYTHONPATH')
-
-
-def _service_env(service) -> dict[str, str]:
-    """The variables that make a process belong to ``service``."""
-    return {
-        key: value
-        for key, value in service.env.items()
-        if key.startswith('CQRS_TEST_') or key in _SERVICE_KEYS
-    }
-
-
-def _base_env() -> dict[str, str]:
-    """This environment without any service variable: each stage brings its own."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith('CQRS_TEST_') and key not in _SERVICE_KEYS
-    }
-
-
-def cli(service, *args: str) -> str:
-    """A shell command running ``manage.py <args>`` in ``service``."""
-    prefix = ' '.join(f'{key}={shlex.quote(value)}' for key, value in _service_env(service).items())
-    command = ' '.join(shlex.quote(arg) for arg in args)
-    return f'env {prefix} {shlex.quote(sys.executable)} -m django {command}'
-
-
-def shell(*stages: str, pipefail: bool = True) -> subprocess.CompletedProcess:
-    """Run ``stage | stage | ...`` in bash."""
-    script = ' | '.join(stages)
-    if pipefail:
-        script = f'set -o pipefail; {script}'
-    return subprocess.run(
-        script,
-        shell=True,
-        executable='/bin/bash',
-        cwd=ROOT,
-        env=_base_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
 
 def popen_pipeline(tmp_path, *stages: tuple) -> list[tuple[int, str]]:
     """Connect ``(service, args...)`` stages with OS pipes; ``[(returncode, stderr), ...]``."""
@@ -93,7 +52,7 @@ def popen_pipeline(tmp_path, *stages: tuple) -> list[tuple[int, str]]:
         errors.append(error)
         process = subprocess.Popen(
             [sys.executable, '-m', 'django', *args],
-            env={**_base_env(), **_service_env(service)},
+            env=service.env,
             cwd=ROOT,
             stdin=previous.stdout if previous else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -114,34 +73,8 @@ def popen_pipeline(tmp_path, *stages: tuple) -> list[tuple[int, str]]:
     return results
 
 
-def rows(db_path, table: str) -> list[tuple]:
-    connection = sqlite3.connect(db_path, timeout=30)
-    try:
-        return connection.execute(
-            f'SELECT id, name, cqrs_revision FROM {table} ORDER BY id'
-        ).fetchall()
-    finally:
-        connection.close()
-
-
-def full_rows(db_path, table: str) -> list[tuple]:
-    connection = sqlite3.connect(db_path, timeout=30)
-    try:
-        return connection.execute(
-            f'SELECT id, name, cqrs_revision, cqrs_updated FROM {table} ORDER BY id'
-        ).fetchall()
-    finally:
-        connection.close()
-
-
-def execute(db_path, sql: str, params: tuple = ()) -> None:
-    """Change a database behind CQRS's back."""
-    connection = sqlite3.connect(db_path, timeout=30)
-    try:
-        with connection:
-            connection.execute(sql, params)
-    finally:
-        connection.close()
+def full_rows(service, table: str) -> list[tuple]:
+    return sorted(service.query(f'SELECT id, name, cqrs_revision, cqrs_updated FROM {table}'))
 
 
 def body_pks(stdout: str) -> tuple[str, list]:
@@ -170,11 +103,11 @@ def services(replica_service):
 def populate(master, replica=None) -> list[tuple]:
     result = master.manage('shell', '-c', CREATE_ROWS, check=False)
     assert result.returncode == 0, result.stderr
-    expected = rows(master.db_path, MASTER_TABLE)
+    expected = replica_names(master, MASTER_TABLE)
     assert len(expected) == 20
     if replica is not None:
         wait_for(
-            lambda: rows(replica.db_path, REPLICA_TABLE) == expected,
+            lambda: replica_names(replica, REPLICA_TABLE) == expected,
             message=f'the replica applying the SAVEs ({replica.log()[-2000:]})',
         )
     return expected
@@ -189,23 +122,21 @@ def test_diff_pipeline_repairs_a_broken_replica(services, names):
     expected = populate(master, replica)
     assert {revision for _, _, revision in expected} == {0, 1, 2}
 
-    execute(replica.db_path, f'DELETE FROM {REPLICA_TABLE} WHERE id IN (1, 2, 10)')
-    execute(
-        replica.db_path,
+    replica.execute(f'DELETE FROM {REPLICA_TABLE} WHERE id IN (1, 2, 10)')
+    replica.execute(
         f"UPDATE {REPLICA_TABLE} SET cqrs_revision = 0, name = 'stale' WHERE id IN (3, 4, 12)",
     )
-    execute(
-        replica.db_path,
+    replica.execute(
         f"UPDATE {REPLICA_TABLE} SET cqrs_revision = 9, name = 'ahead' WHERE id = 11",
     )
     # Same revision, different name: not a revision difference, the diff leaves it alone.
-    execute(replica.db_path, f"UPDATE {REPLICA_TABLE} SET name = 'same rev' WHERE id = 20")
-    assert rows(replica.db_path, REPLICA_TABLE) != expected
+    replica.execute(f"UPDATE {REPLICA_TABLE} SET name = 'same rev' WHERE id = 20")
+    assert replica_names(replica, REPLICA_TABLE) != expected
 
     # The first two stages alone: what the replica reports as different.
-    diff = shell(
-        cli(master, 'cqrs_diff_master', '--cqrs-id', 'simplest', '-b', '7'),
-        cli(replica, 'cqrs_diff_replica'),
+    diff = pipeline(
+        shell_command(master, 'cqrs_diff_master', '--cqrs-id', 'simplest', '-b', '7'),
+        shell_command(replica, 'cqrs_diff_replica'),
     )
     assert diff.returncode == 0, diff.stderr
     header, pks = body_pks(diff.stdout)
@@ -213,10 +144,10 @@ def test_diff_pipeline_repairs_a_broken_replica(services, names):
     assert (cqrs_id, queue) == ('simplest', names['queue'])
     assert sorted(pks) == [1, 2, 3, 4, 10, 11, 12]
 
-    result = shell(
-        cli(master, 'cqrs_diff_master', '--cqrs-id', 'simplest', '-b', '7'),
-        cli(replica, 'cqrs_diff_replica'),
-        cli(master, 'cqrs_diff_sync', '-b', '2'),
+    result = pipeline(
+        shell_command(master, 'cqrs_diff_master', '--cqrs-id', 'simplest', '-b', '7'),
+        shell_command(replica, 'cqrs_diff_replica'),
+        shell_command(master, 'cqrs_diff_sync', '-b', '2'),
     )
 
     assert result.returncode == 0, result.stderr
@@ -227,61 +158,53 @@ def test_diff_pipeline_repairs_a_broken_replica(services, names):
     )
     repaired = [row if row[0] != 20 else (20, 'same rev', row[2]) for row in expected]
     wait_for(
-        lambda: rows(replica.db_path, REPLICA_TABLE) == repaired,
+        lambda: replica_names(replica, REPLICA_TABLE) == repaired,
         message=f'the replica applying the SYNCs ({replica.log()[-2000:]})',
     )
     # The master table itself was only read.
-    assert rows(master.db_path, MASTER_TABLE) == expected
+    assert replica_names(master, MASTER_TABLE) == expected
 
 
 def test_diff_pipeline_with_a_filter_repairs_only_matching_rows(services):
     master, replica = services
     expected = populate(master, replica)
-    execute(replica.db_path, f'DELETE FROM {REPLICA_TABLE} WHERE id IN (2, 15)')
+    replica.execute(f'DELETE FROM {REPLICA_TABLE} WHERE id IN (2, 15)')
 
-    result = shell(
-        cli(master, 'cqrs_diff_master', '--cqrs-id', 'simplest', '-f', '{"id__lte": 10}'),
-        cli(replica, 'cqrs_diff_replica'),
-        cli(master, 'cqrs_diff_sync'),
+    result = pipeline(
+        shell_command(master, 'cqrs_diff_master', '--cqrs-id', 'simplest', '-f', '{"id__lte": 10}'),
+        shell_command(replica, 'cqrs_diff_replica'),
+        shell_command(master, 'cqrs_diff_sync'),
     )
 
     assert result.returncode == 0, result.stderr
     want = [row for row in expected if row[0] != 15]
     wait_for(
-        lambda: rows(replica.db_path, REPLICA_TABLE) == want,
+        lambda: replica_names(replica, REPLICA_TABLE) == want,
         message=f'row 2 synced ({replica.log()[-2000:]})',
     )
 
 
-def test_diff_pipeline_on_an_identical_replica_publishes_nothing(services, names, amqp_url):
+def test_diff_pipeline_on_an_identical_replica_publishes_nothing(services, names, broker):
     master, replica = services
     expected = populate(master, replica)
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    capture = f'capture_{names["queue"]}'
-    names.setdefault('extra_queues', []).append(capture)
-    channel.queue_declare(capture, durable=True)
-    channel.queue_bind(capture, names['exchange'], '#')
+    capture = broker.capture()
 
-    diff = shell(
-        cli(master, 'cqrs_diff_master', '--cqrs-id', 'simplest'),
-        cli(replica, 'cqrs_diff_replica'),
+    diff = pipeline(
+        shell_command(master, 'cqrs_diff_master', '--cqrs-id', 'simplest'),
+        shell_command(replica, 'cqrs_diff_replica'),
     )
     assert diff.returncode == 0, diff.stderr
     assert body_pks(diff.stdout)[1] == []
 
-    result = shell(
-        cli(master, 'cqrs_diff_master', '--cqrs-id', 'simplest'),
-        cli(replica, 'cqrs_diff_replica'),
-        cli(master, 'cqrs_diff_sync'),
+    result = pipeline(
+        shell_command(master, 'cqrs_diff_master', '--cqrs-id', 'simplest'),
+        shell_command(replica, 'cqrs_diff_replica'),
+        shell_command(master, 'cqrs_diff_sync'),
     )
     assert result.returncode == 0, result.stderr
-    try:
-        # cqrs_diff_sync has exited, so whatever it published is in the capture queue.
-        assert bodies_before_marker(channel, names['exchange'], capture) == []
-    finally:
-        connection.close()
-    assert rows(replica.db_path, REPLICA_TABLE) == expected
+    # cqrs_diff_sync has exited, so whatever it published is in the capture queue.
+    assert bodies_before_marker(broker.channel, names['exchange'], capture) == []
+    assert replica_names(replica, REPLICA_TABLE) == expected
 
 
 @pytest.mark.parametrize('pipefail', [True, False], ids=['pipefail', 'no-pipefail'])
@@ -289,10 +212,10 @@ def test_diff_pipeline_whose_first_command_fails_exits_non_zero(replica_service,
     master = replica_service()
     replica = replica_service()
 
-    result = shell(
-        cli(master, 'cqrs_diff_master', '--cqrs-id', 'nope'),
-        cli(replica, 'cqrs_diff_replica'),
-        cli(master, 'cqrs_diff_sync'),
+    result = pipeline(
+        shell_command(master, 'cqrs_diff_master', '--cqrs-id', 'nope'),
+        shell_command(replica, 'cqrs_diff_replica'),
+        shell_command(master, 'cqrs_diff_sync'),
         pipefail=pipefail,
     )
 
@@ -328,43 +251,43 @@ def test_diff_pipeline_failure_every_stage_reports(replica_service, tmp_path):
 def test_deleted_pipeline_removes_rows_deleted_on_the_master(services):
     master, replica = services
     expected = populate(master, replica)
-    execute(master.db_path, f'DELETE FROM {MASTER_TABLE} WHERE id IN (2, 5, 17)')
+    master.execute(f'DELETE FROM {MASTER_TABLE} WHERE id IN (2, 5, 17)')
     remaining = [row for row in expected if row[0] not in (2, 5, 17)]
-    assert rows(master.db_path, MASTER_TABLE) == remaining
+    assert replica_names(master, MASTER_TABLE) == remaining
 
-    diff = shell(
-        cli(replica, 'cqrs_deleted_diff_replica', '--cqrs-id', 'simplest', '-b', '4'),
-        cli(master, 'cqrs_deleted_diff_master'),
+    diff = pipeline(
+        shell_command(replica, 'cqrs_deleted_diff_replica', '--cqrs-id', 'simplest', '-b', '4'),
+        shell_command(master, 'cqrs_deleted_diff_master'),
     )
     assert diff.returncode == 0, diff.stderr
     header, pks = body_pks(diff.stdout)
     assert header.split(',')[0] == 'simplest'
     assert sorted(pks) == [2, 5, 17]
 
-    result = shell(
-        cli(replica, 'cqrs_deleted_diff_replica', '--cqrs-id', 'simplest', '-b', '4'),
-        cli(master, 'cqrs_deleted_diff_master'),
-        cli(replica, 'cqrs_deleted_sync_replica'),
+    result = pipeline(
+        shell_command(replica, 'cqrs_deleted_diff_replica', '--cqrs-id', 'simplest', '-b', '4'),
+        shell_command(master, 'cqrs_deleted_diff_master'),
+        shell_command(replica, 'cqrs_deleted_sync_replica'),
     )
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == ''
-    assert rows(replica.db_path, REPLICA_TABLE) == remaining
-    assert rows(master.db_path, MASTER_TABLE) == remaining
+    assert replica_names(replica, REPLICA_TABLE) == remaining
+    assert replica_names(master, MASTER_TABLE) == remaining
 
 
 def test_deleted_pipeline_with_nothing_deleted_keeps_every_row(services):
     master, replica = services
     expected = populate(master, replica)
 
-    result = shell(
-        cli(replica, 'cqrs_deleted_diff_replica', '--cqrs-id', 'simplest'),
-        cli(master, 'cqrs_deleted_diff_master'),
-        cli(replica, 'cqrs_deleted_sync_replica'),
+    result = pipeline(
+        shell_command(replica, 'cqrs_deleted_diff_replica', '--cqrs-id', 'simplest'),
+        shell_command(master, 'cqrs_deleted_diff_master'),
+        shell_command(replica, 'cqrs_deleted_sync_replica'),
     )
 
     assert result.returncode == 0, result.stderr
-    assert rows(replica.db_path, REPLICA_TABLE) == expected
+    assert replica_names(replica, REPLICA_TABLE) == expected
 
 
 @pytest.mark.parametrize('pipefail', [True, False], ids=['pipefail', 'no-pipefail'])
@@ -374,26 +297,26 @@ def test_deleted_pipeline_whose_first_command_fails_deletes_nothing(
     master = replica_service()
     replica = replica_service()
     populate(master)
-    before_load = shell(
-        cli(master, 'cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-'),
-        cli(replica, 'cqrs_bulk_load', '-i', '-'),
+    before_load = pipeline(
+        shell_command(master, 'cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-'),
+        shell_command(replica, 'cqrs_bulk_load', '-i', '-'),
     )
     assert before_load.returncode == 0, before_load.stderr
-    execute(master.db_path, f'DELETE FROM {MASTER_TABLE} WHERE id IN (1, 2)')
-    before = rows(replica.db_path, REPLICA_TABLE)
+    master.execute(f'DELETE FROM {MASTER_TABLE} WHERE id IN (1, 2)')
+    before = replica_names(replica, REPLICA_TABLE)
     assert len(before) == 20
 
-    result = shell(
-        cli(replica, 'cqrs_deleted_diff_replica', '--cqrs-id', 'nope'),
-        cli(master, 'cqrs_deleted_diff_master'),
-        cli(replica, 'cqrs_deleted_sync_replica'),
+    result = pipeline(
+        shell_command(replica, 'cqrs_deleted_diff_replica', '--cqrs-id', 'nope'),
+        shell_command(master, 'cqrs_deleted_diff_master'),
+        shell_command(replica, 'cqrs_deleted_sync_replica'),
         pipefail=pipefail,
     )
 
     assert result.returncode != 0, result.stderr
     assert 'nope' in result.stderr
     assert 'Traceback' not in result.stderr, result.stderr
-    assert rows(replica.db_path, REPLICA_TABLE) == before
+    assert replica_names(replica, REPLICA_TABLE) == before
 
 
 def test_deleted_pipeline_failure_every_stage_reports(replica_service, tmp_path):
@@ -423,33 +346,32 @@ def test_bulk_dump_piped_into_bulk_load(replica_service):
     populate(master)
     assert replica.count() == 0
 
-    result = shell(
-        cli(master, 'cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-', '-b', '6'),
-        cli(replica, 'cqrs_bulk_load', '-i', '-', '-b', '4'),
+    result = pipeline(
+        shell_command(master, 'cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-', '-b', '6'),
+        shell_command(replica, 'cqrs_bulk_load', '-i', '-', '-b', '4'),
     )
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == ''
-    assert full_rows(replica.db_path, REPLICA_TABLE) == full_rows(master.db_path, MASTER_TABLE)
+    assert full_rows(replica, REPLICA_TABLE) == full_rows(master, MASTER_TABLE)
 
 
 def test_bulk_dump_piped_into_bulk_load_with_clear(replica_service):
     master = replica_service()
     replica = replica_service()
     populate(master)
-    execute(
-        replica.db_path,
+    replica.execute(
         f'INSERT INTO {REPLICA_TABLE} (id, name, cqrs_revision, cqrs_updated) '
         "VALUES (500, 'orphan', 0, '2020-01-01 00:00:00')",
     )
 
-    result = shell(
-        cli(master, 'cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-'),
-        cli(replica, 'cqrs_bulk_load', '-c', '-i', '-'),
+    result = pipeline(
+        shell_command(master, 'cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-'),
+        shell_command(replica, 'cqrs_bulk_load', '-c', '-i', '-'),
     )
 
     assert result.returncode == 0, result.stderr
-    assert full_rows(replica.db_path, REPLICA_TABLE) == full_rows(master.db_path, MASTER_TABLE)
+    assert full_rows(replica, REPLICA_TABLE) == full_rows(master, MASTER_TABLE)
 
 
 def test_bulk_dump_and_load_through_a_file(replica_service, tmp_path):
@@ -466,7 +388,7 @@ def test_bulk_dump_and_load_through_a_file(replica_service, tmp_path):
     loaded = replica.manage('cqrs_bulk_load', '-i', str(path), check=False)
     assert loaded.returncode == 0, loaded.stderr
 
-    assert full_rows(replica.db_path, REPLICA_TABLE) == full_rows(master.db_path, MASTER_TABLE)
+    assert full_rows(replica, REPLICA_TABLE) == full_rows(master, MASTER_TABLE)
 
 
 def test_bulk_dump_refuses_to_overwrite_in_a_subprocess(replica_service, tmp_path):
@@ -486,19 +408,18 @@ def test_bulk_pipe_whose_dump_fails_loads_nothing(replica_service, pipefail):
     master = replica_service()
     replica = replica_service()
     populate(master)
-    execute(
-        replica.db_path,
+    replica.execute(
         f'INSERT INTO {REPLICA_TABLE} (id, name, cqrs_revision, cqrs_updated) '
         "VALUES (500, 'kept', 0, '2020-01-01 00:00:00')",
     )
 
-    result = shell(
-        cli(master, 'cqrs_bulk_dump', '--cqrs-id', 'nope', '-o', '-'),
-        cli(replica, 'cqrs_bulk_load', '-c', '-i', '-'),
+    result = pipeline(
+        shell_command(master, 'cqrs_bulk_dump', '--cqrs-id', 'nope', '-o', '-'),
+        shell_command(replica, 'cqrs_bulk_load', '-c', '-i', '-'),
         pipefail=pipefail,
     )
 
     assert result.returncode != 0
     assert 'nope' in result.stderr
     assert 'Traceback' not in result.stderr, result.stderr
-    assert rows(replica.db_path, REPLICA_TABLE) == [(500, 'kept', 0)]
+    assert replica_names(replica, REPLICA_TABLE) == [(500, 'kept', 0)]

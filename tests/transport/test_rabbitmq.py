@@ -25,8 +25,10 @@ from django.test import override_settings
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import FlakyModel, SimplestModel
 from tests.harness import (
+    APPLIED_SIMPLEST,
+    RECEIVED_SIMPLEST,
     SIMPLEST,
-    settle_publisher,
+    WIRE_KEYS,
     sqlite_write_lock,
     wait_for,
     wire_body,
@@ -35,31 +37,10 @@ from tests.harness import (
 
 FLAKY = 'dj_replica_flakyreplica'
 FLAKY_ATTEMPT = 'dj_replica_flakyattempt'
-WIRE_KEYS = {
-    'signal_type',
-    'cqrs_id',
-    'instance_data',
-    'previous_data',
-    'instance_pk',
-    'correlation_id',
-    'retries',
-    'expires',
-    'meta',
-}
 EXPIRES_FORMAT = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\+00:00|Z)?$')
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def master(master):
-    """The conftest ``master``, plus: wait for the broker's confirms before its teardown.
-
-    See ``settle_publisher``.
-    """
-    yield master
-    settle_publisher()
 
 
 def error_lines(replica) -> list[str]:
@@ -229,57 +210,72 @@ def test_failed_message_is_retried_until_applied(master, names, broker, replica_
 
 @pytest.mark.django_db(transaction=True)
 def test_dead_letters_dump_retry_and_purge(master, names, broker, replica_service):
+    """A row that always fails and one that recovers after its retries were used up: both are
+    dead letters; after ``retry`` the second is applied and the first is a dead letter again."""
     replica = replica_service().start('-w', '1')
     replica.wait_ready()
     settings = master()
     dead_letters = names['dead_letter_queue']
 
+    def attempts():
+        return dict(replica.query(f'SELECT id, attempts FROM {FLAKY_ATTEMPT}'))
+
     # A short TTL on the master, so that the expiry set again by `retry` is visibly fresh.
     with override_settings(CQRS={**settings, 'master': {'CQRS_MESSAGE_TTL': 120}}):
         FlakyModel.objects.create(id=1, name='doomed', always_fail=True)
+        FlakyModel.objects.create(id=2, name='recovers', fail_times=5)
 
-    wait_for(lambda: broker.count(dead_letters) == 1, message='message in the dead letters')
-    assert replica.query(f'SELECT attempts FROM {FLAKY_ATTEMPT} WHERE id = 1') == [(4,)]
+    # 1 try + CQRS_MAX_RETRIES (3) each, then the dead-letter queue.
+    wait_for(lambda: broker.count(dead_letters) == 2, message='messages in the dead letters')
+    assert attempts() == {1: 4, 2: 4}
     assert replica.count(FLAKY) == 0
-    [(routing_key, properties, dead)] = broker.peek(dead_letters, 1)
-    assert routing_key == f'cqrs.{dead_letters}.flaky'
-    assert dead['retries'] == 3
-    assert dead['cqrs_id'] == 'flaky'
-    assert dead['instance_pk'] == 1
-    assert properties.delivery_mode == 2
-    assert properties.expiration == str(864000 * 1000)
-    old_expires = parse_expires(dead['expires'])
+    peeked = sorted(broker.peek(dead_letters, 2), key=lambda message: message[2]['instance_pk'])
+    for pk, (routing_key, properties, dead) in enumerate(peeked, 1):
+        assert routing_key == f'cqrs.{dead_letters}.flaky'
+        assert dead['retries'] == 3
+        assert dead['cqrs_id'] == 'flaky'
+        assert dead['instance_pk'] == pk
+        assert properties.delivery_mode == 2
+        assert properties.expiration == str(864000 * 1000)
+    dead = {message[2]['instance_pk']: message[2] for message in peeked}
+    old_expires = parse_expires(dead[1]['expires'])
 
     dump = replica.manage('cqrs_dead_letters', 'dump')
     dumped = [json.loads(line) for line in dump.stdout.splitlines() if line.strip()]
-    assert len(dumped) == 1
-    assert dumped[0]['cqrs_id'] == 'flaky'
-    assert dumped[0]['instance_pk'] == 1
-    assert dumped[0]['retries'] == 3
-    wait_for(lambda: broker.count(dead_letters) == 1, message='dump leaves the dead letters')
+    assert sorted((d['instance_pk'], d['cqrs_id'], d['retries']) for d in dumped) == [
+        (1, 'flaky', 3),
+        (2, 'flaky', 3),
+    ]
+    wait_for(lambda: broker.count(dead_letters) == 2, message='dump leaves the dead letters')
 
     assert replica.stop() == 0
     retry = replica.manage('cqrs_dead_letters', 'retry')
-    assert re.search(r'\b1\b', retry.stdout), retry.stdout
+    assert re.search(r'\b2\b', retry.stdout), retry.stdout
     assert broker.count(dead_letters) == 0
-    [(routing_key, properties, retried)] = broker.peek(names['queue'], 1)
-    assert routing_key == f'cqrs.{names["queue"]}.flaky'
-    assert retried['retries'] == 0
-    assert retried['instance_data'] == dead['instance_data']
-    new_expires = parse_expires(retried['expires'])
-    assert new_expires - old_expires > timedelta(seconds=3000)
-    assert properties.expiration is None
+    retried = broker.peek(names['queue'], 2)
+    assert replica.count(FLAKY) == 0
+    for routing_key, properties, body in retried:
+        assert routing_key == f'cqrs.{names["queue"]}.flaky'
+        assert body['retries'] == 0
+        assert body['instance_data'] == dead[body['instance_pk']]['instance_data']
+        assert parse_expires(body['expires']) - old_expires > timedelta(seconds=3000)
+        assert properties.expiration is None
+    assert sorted(body['instance_pk'] for _, _, body in retried) == [1, 2]
 
-    # The retried message goes through the whole cycle again.
+    # The retried messages go through the whole cycle again: row 2 is applied at its 6th
+    # attempt (fail_times=5), row 1 is a dead letter again.
     replica.start('-w', '1')
     replica.wait_ready(2)
+    wait_for(lambda: replica.count(FLAKY) == 1, message='the recovering row applied')
     wait_for(lambda: broker.count(dead_letters) == 1, message='dead letter again')
-    assert replica.query(f'SELECT attempts FROM {FLAKY_ATTEMPT} WHERE id = 1') == [(8,)]
+    assert attempts() == {1: 8, 2: 6}
+    assert replica.query(f'SELECT id, name FROM {FLAKY}') == [(2, 'recovers')]
 
     purge = replica.manage('cqrs_dead_letters', 'purge')
     assert re.search(r'\b1\b', purge.stdout), purge.stdout
     assert broker.count(dead_letters) == 0
-    assert replica.count(FLAKY) == 0
+    assert broker.count(names['queue']) == 0
+    assert replica.query(f'SELECT id FROM {FLAKY}') == [(2,)]
 
 
 def test_dead_letters_command_requires_rabbitmq():
@@ -524,8 +520,7 @@ def test_password_is_never_logged_when_broker_is_unreachable(master, caplog):
 def test_sigterm_stops_gracefully_and_loses_nothing(master, names, broker, replica_service):
     total = 4000
     # The replica queue exists before the consumer starts, so the backlog is there at once.
-    broker.channel.queue_declare(names['queue'], durable=True)
-    broker.channel.queue_bind(names['queue'], names['exchange'], 'simplest')
+    broker.bind_replica_queue('simplest')
     master()
     for start in range(0, total, 1000):
         with transaction.atomic():
@@ -546,16 +541,22 @@ def test_sigterm_stops_gracefully_and_loses_nothing(master, names, broker, repli
             lambda: broker.count(names['queue']) == total - 2 * prefetch,
             message='both workers holding their prefetch',
         )
+        wait_for(lambda: RECEIVED_SIMPLEST.search(replica.log()), message='a batch in hand')
         replica.process.send_signal(signal.SIGTERM)
+        in_hand = set(RECEIVED_SIMPLEST.findall(replica.log()))
     assert replica.process.wait(60) == 0
     stopped_at = replica.count()
-    assert stopped_at <= 2 * prefetch
     log = replica.log()
     assert 'did not stop' not in log
     assert 'Traceback' not in log
+    # The batches in hand were applied, and so was whatever else the workers took before the
+    # stop reached them (however late that was): nothing taken was dropped.
+    applied = set(APPLIED_SIMPLEST.findall(log))
+    assert in_hand <= applied == set(RECEIVED_SIMPLEST.findall(log))
+    assert len(applied) == stopped_at
     # Prefetched but unapplied messages went back to the queue.
     wait_for(
-        lambda: broker.count(names['queue']) >= total - stopped_at,
+        lambda: broker.count(names['queue']) == total - stopped_at,
         message='the rest of the messages back in the queue',
     )
 

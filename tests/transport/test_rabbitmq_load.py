@@ -16,9 +16,9 @@ from django.db import transaction
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
 from tests.harness import (
-    SIMPLEST,
+    master_names,
     received_pks,
-    settle_publisher,
+    replica_names,
     sqlite_write_lock,
     wait_for,
     worker_pids,
@@ -27,12 +27,6 @@ from tests.harness import (
 TOTAL = 10_000
 BATCH = 1_000
 APPLIED = re.compile(r'^\S+ \S+ (\d+) INFO CQRS is applied:', re.MULTILINE)
-
-
-@pytest.fixture
-def master(master):
-    yield master
-    settle_publisher(timeout=30)
 
 
 def publish_rows(total: int = TOTAL, first: int = 0) -> list[tuple]:
@@ -50,18 +44,7 @@ def publish_rows(total: int = TOTAL, first: int = 0) -> list[tuple]:
             obj.name = f'updated {obj.pk}'
             obj.save()
     assert RabbitMQTransport.flush(timeout=60)
-    return list(SimplestModel.objects.order_by('id').values_list('id', 'name', 'cqrs_revision'))
-
-
-def replica_rows(replica) -> list[tuple]:
-    return replica.query(f'SELECT id, name, cqrs_revision FROM {SIMPLEST} ORDER BY id')
-
-
-def declare_replica_queue(broker, names) -> None:
-    """The replica queue and its binding, so that messages published before the consumer
-    starts wait in the queue."""
-    broker.channel.queue_declare(names['queue'], durable=True)
-    broker.channel.queue_bind(names['queue'], names['exchange'], 'simplest')
+    return master_names()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -80,7 +63,7 @@ def test_ten_thousand_messages_land_with_two_workers_on_one_connection(
     assert len(expected) == TOTAL
     assert sum(revision for _, _, revision in expected) == TOTAL // 10
     wait_for(lambda: replica.count() == TOTAL, timeout=300, message=f'{TOTAL} replica rows')
-    wait_for(lambda: replica_rows(replica) == expected, timeout=120, message='every revision')
+    wait_for(lambda: replica_names(replica) == expected, timeout=120, message='every revision')
     assert broker.count(names['queue']) == 0
     assert broker.count(names['dead_letter_queue']) == 0
     # Both workers took part.
@@ -89,7 +72,7 @@ def test_ten_thousand_messages_land_with_two_workers_on_one_connection(
 
 @pytest.mark.django_db(transaction=True)
 def test_sigkill_of_a_worker_mid_stream_loses_nothing(master, names, broker, replica_service):
-    declare_replica_queue(broker, names)
+    broker.bind_replica_queue('simplest')
     master()
     replica = replica_service().start('-w', '2')
     replica.wait_ready(2)
@@ -132,7 +115,7 @@ def test_sigkill_of_a_worker_mid_stream_loses_nothing(master, names, broker, rep
     assert workers[1] in restarted
 
     wait_for(lambda: replica.count() == TOTAL, timeout=300, message=f'{TOTAL} replica rows')
-    wait_for(lambda: replica_rows(replica) == expected, timeout=120, message='every revision')
+    wait_for(lambda: replica_names(replica) == expected, timeout=120, message='every revision')
     assert broker.count(names['queue']) == 0
     assert broker.count(names['dead_letter_queue']) == 0
     assert replica.process.poll() is None

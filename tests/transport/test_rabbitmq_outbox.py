@@ -6,41 +6,27 @@ from __future__ import annotations
 
 import io
 
-import pika
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 from django.db import transaction
-from django.test import override_settings
 
 from dj_cqrs import outbox
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.harness import wait_for
+from tests.harness import override_cqrs, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def with_outbox(**common):
-    master = {**settings.CQRS['master'], 'outbox': True}
-    return override_settings(CQRS={**settings.CQRS, **common, 'master': master})
+# the conftest ``broker`` declares the replica queue and binds it to these routing keys
+REPLICA_QUEUE_BINDINGS = ('simplest',)
 
 
 @pytest.fixture
-def queued(names, amqp_url):
-    """A queue bound to ``simplest`` on the test exchange; returns its message count."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    channel.exchange_declare(names['exchange'], 'topic', durable=True)
-    channel.queue_declare(names['queue'], durable=True)
-    channel.queue_bind(names['queue'], names['exchange'], 'simplest')
-
-    def count() -> int:
-        return channel.queue_declare(names['queue'], passive=True).method.message_count
-
-    yield count
-    connection.close()
+def queued(broker, names):
+    """The message count of the replica queue (bound to ``simplest``)."""
+    return lambda: broker.count(names['queue'])
 
 
 def rows() -> int:
@@ -52,7 +38,7 @@ def rows() -> int:
 def test_item_01_rabbitmq_confirms_delete_the_outbox_rows(master, queued, confirms):
     master()
     outbox.flush_published()
-    with with_outbox(publisher_confirms=confirms):
+    with override_cqrs(master={'outbox': True}, publisher_confirms=confirms):
         for pk in range(1, 51):
             SimplestModel.objects.create(id=pk, name=str(pk))
         with transaction.atomic():
@@ -70,12 +56,12 @@ def test_item_01_rabbitmq_confirms_delete_the_outbox_rows(master, queued, confir
 def test_item_01_rabbitmq_failures_keep_the_rows_for_the_relay(master, queued):
     master()
     outbox.flush_published()
-    with with_outbox(url='amqp://guest:guest@127.0.0.1:1/%2F'):
+    with override_cqrs(master={'outbox': True}, url='amqp://guest:guest@127.0.0.1:1/%2F'):
         for pk in range(1, 4):
             SimplestModel.objects.create(id=pk, name=str(pk))
         assert rows() == 3
 
-    with with_outbox():
+    with override_cqrs(master={'outbox': True}):
         err = io.StringIO()
         call_command('cqrs_relay', '--once', '--min-age', '0', '--database', 'default', stderr=err)
         assert 'Relayed 3 ' in err.getvalue()

@@ -19,6 +19,8 @@ import pytest
 from tests.harness import (
     handles_signal,
     private_node_broker,  # noqa: F401 (the ``broker`` fixture)
+    queue_depth,
+    replica_names,
     sqlite_write_lock,
     wait_equal,
     wait_for,
@@ -46,10 +48,6 @@ for row in SimplestModel.objects.filter(id__gt=35):
 CHANGED_ROWS = 55
 
 
-def rows(service, table: str) -> list[tuple]:
-    return sorted(service.query(f'SELECT id, name, cqrs_revision FROM {table}'))
-
-
 def outbox_count(service) -> int:
     return service.count(OUTBOX)
 
@@ -71,14 +69,6 @@ def make_changes(master, url: str, code: str = CHANGES) -> subprocess.CompletedP
 
 def relay_once(master, check: bool = True) -> subprocess.CompletedProcess:
     return master.manage('cqrs_relay', '--once', '--min-age', '0', check=check)
-
-
-def queue_depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
 
 
 # --- c. cqrs_relay while the broker is down ----------------------------------------------------
@@ -116,8 +106,10 @@ def test_item_01c_relay_while_the_broker_is_down_keeps_the_rows_then_drains_them
     assert RELAYED.findall(relayed.stderr) == [str(CHANGED_ROWS)], relayed.stderr
     assert outbox_count(master) == 0
     replica.start('-w', '1')
-    wait_equal(lambda: rows(master, MASTER_TABLE), lambda: rows(replica, REPLICA_TABLE))
-    assert len(rows(replica, REPLICA_TABLE)) == 35
+    wait_equal(
+        lambda: replica_names(master, MASTER_TABLE), lambda: replica_names(replica, REPLICA_TABLE)
+    )
+    assert len(replica_names(replica, REPLICA_TABLE)) == 35
     assert replica.stop() == 0
     assert queue_depth(broker.url, names['queue']) == 0
     assert queue_depth(broker.url, names['dead_letter_queue']) == 0
@@ -170,12 +162,15 @@ def test_item_01d_nacked_messages_stay_in_the_outbox_until_the_queue_has_room(
 
     replica.start('-w', '1')
     wait_equal(
-        lambda: list(range(1, LIMIT + 1)), lambda: [pk for pk, *_ in rows(replica, REPLICA_TABLE)]
+        lambda: list(range(1, LIMIT + 1)),
+        lambda: [pk for pk, *_ in replica_names(replica, REPLICA_TABLE)],
     )
     relayed = relay_once(master)
     assert RELAYED.findall(relayed.stderr) == [str(15 - LIMIT)], relayed.stderr
     assert outbox_count(master) == 0
-    wait_equal(lambda: rows(master, MASTER_TABLE), lambda: rows(replica, REPLICA_TABLE))
+    wait_equal(
+        lambda: replica_names(master, MASTER_TABLE), lambda: replica_names(replica, REPLICA_TABLE)
+    )
     assert replica.stop() == 0
     assert queue_depth(broker.url, names['queue']) == 0
     assert queue_depth(broker.url, names['dead_letter_queue']) == 0
@@ -225,7 +220,10 @@ def test_item_01e_relay_daemon_stops_on_sigterm_and_loses_no_row(amqp_url, names
     relay = master.spawn(*daemon)
     try:
         wait_for(lambda: outbox_count(master) == 0, message='the outbox relayed')
-        wait_equal(lambda: rows(master, MASTER_TABLE), lambda: rows(replica, REPLICA_TABLE))
+        wait_equal(
+            lambda: replica_names(master, MASTER_TABLE),
+            lambda: replica_names(replica, REPLICA_TABLE),
+        )
     finally:
         code = stop_relay(relay)
     assert code == 0, master.log()[-3000:]

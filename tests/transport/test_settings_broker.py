@@ -1,40 +1,17 @@
 """Issue 9, item 20a against RabbitMQ: settings the original accepts connect as they did."""
 
-import pika
 import pytest
-import ujson
 from django.apps import apps
 from django.test import override_settings
 
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.harness import RABBIT, wait_for
-
-
-@pytest.fixture
-def capture(amqp_url, names):
-    """A queue bound to the test exchange for every routing key: [body dict, ...] received."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    channel.exchange_declare(names['exchange'], 'topic', durable=True)
-    channel.queue_declare(names['queue'], durable=True)
-    channel.queue_bind(names['queue'], names['exchange'], '#')
-
-    def received():
-        bodies = []
-        while True:
-            method, _, body = channel.basic_get(names['queue'], auto_ack=True)
-            if method is None:
-                return bodies
-            bodies.append(ujson.loads(body))
-
-    yield received
-    connection.close()
+from tests.harness import RABBIT
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize('port', ['5672', ' 5672 ', 5672.0])
-def test_item_20a_port_as_string_connects_to_rabbitmq(names, capture, port):
+def test_item_20a_port_as_string_connects_to_rabbitmq(names, broker, port):
     """django-cqrs's demo project writes ``'port': '5672'``; it starts and publishes."""
     demo = {
         'transport': RABBIT,
@@ -45,14 +22,14 @@ def test_item_20a_port_as_string_connects_to_rabbitmq(names, capture, port):
         'exchange': names['exchange'],
         'queue': names['queue'],
     }
+    capture = broker.capture()
     try:
         with override_settings(CQRS=demo):
             apps.get_app_config('dj_cqrs').ready()
             assert demo['master']['CQRS_MESSAGE_TTL'] == 86400
             SimplestModel.objects.create(id=1, name='demo')
-            bodies = wait_for(capture, message=f'the SAVE published through port {port!r}')
+            [(_, _, body)] = broker.take(capture, 1)
     finally:
         RabbitMQTransport.clean_connection()
-    assert [(b['signal_type'], b['cqrs_id'], b['instance_pk']) for b in bodies] == [
-        ('SAVE', 'simplest', 1)
-    ]
+    assert (body['signal_type'], body['cqrs_id'], body['instance_pk']) == ('SAVE', 'simplest', 1)
+    assert broker.count(capture) == 0
