@@ -7,6 +7,7 @@ The brokers and the PostgreSQL server come from ``scripts/services.sh up``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -108,8 +109,17 @@ def reset_publisher() -> None:
 def queue_depth(channel, queue: str) -> int:
     """Ready messages in ``queue`` (which must exist), as the broker counts them.
 
-    ``channel`` is a pika channel, or the URL of a broker to ask on a connection of its own.
+    ``channel`` is a pika channel, or the URL of a broker (amqp:// or Kombu's redis://) to ask on
+    a connection of its own.
     """
+    if isinstance(channel, str) and channel.startswith('redis'):
+        import redis
+
+        client = redis.Redis.from_url(channel)
+        try:
+            return client.llen(queue)
+        finally:
+            client.close()
     if isinstance(channel, str):
         connection = pika.BlockingConnection(pika.URLParameters(channel))
         try:
@@ -729,3 +739,30 @@ def write_lock(replica, vendor):
         connection.execute('LOCK TABLE dj_replica_simplestreplica IN EXCLUSIVE MODE')
         yield
         connection.rollback()
+
+
+def dead_letters(kombu_url, amqp_url, queue):
+    """``(body, expiration)`` of each message in a dead-letter queue, left in place."""
+    if kombu_url.startswith('redis'):
+        import redis
+
+        client = redis.Redis.from_url(kombu_url)
+        try:
+            envelopes = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+        finally:
+            client.close()
+        return [
+            (json.loads(base64.b64decode(e['body'])), e['properties'].get('expiration'))
+            for e in envelopes
+        ]
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        result = []
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                return result
+            result.append((json.loads(body), properties.expiration))
+    finally:
+        connection.close()

@@ -15,6 +15,7 @@ from tests.harness import (
     RABBIT,
     PostgresReplicaService,
     ReplicaService,
+    clean_redis,
     cqrs_settings_for,
     reset_publisher,
     settle_publisher,
@@ -105,3 +106,14 @@ def tls_broker(tmp_path_factory):
     broker = PrivateBroker(tmp_path_factory.mktemp('rabbitmq-tls'), tls=True).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(params=['amqp', 'redis'])
+def kombu_url(request, names):
+    """A Kombu broker URL of each kind; Redis keys of this test's queues are removed after."""
+    if request.param == 'amqp':
+        yield request.getfixturevalue('amqp_url')
+        return
+    url = request.getfixturevalue('redis_url')
+    yield url
+    clean_redis(url, names)

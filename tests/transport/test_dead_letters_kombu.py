@@ -19,12 +19,14 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from tests.dj_master.models import FlakyModel
-from tests.harness import KOMBU, RABBIT, cqrs_settings_for, settle_publisher, wait_for
-from tests.transport.test_kombu import (
-    _dead_letters,
-    _rabbit_message_count,
-    _redis_message_count,
-    kombu_url,  # noqa: F401 (fixture: an amqp:// and a redis:// URL)
+from tests.harness import (
+    KOMBU,
+    RABBIT,
+    cqrs_settings_for,
+    dead_letters,
+    queue_depth,
+    settle_publisher,
+    wait_for,
 )
 
 EXPIRES = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$')
@@ -38,14 +40,12 @@ def run(*args: str) -> str:
 
 
 def counter(url: str, amqp_url: str, queue: str):
-    if url.startswith('redis'):
-        return lambda: _redis_message_count(url, queue)
-    return lambda: _rabbit_message_count(amqp_url, queue)
+    return lambda: queue_depth(url if url.startswith('redis') else amqp_url, queue)
 
 
 def dead_letter_bodies(url: str, amqp_url: str, names: dict) -> list[dict]:
     """The dead letters, next to be taken first (left in place)."""
-    bodies = [body for body, _ in _dead_letters(url, amqp_url, names['dead_letter_queue'])]
+    bodies = [body for body, _ in dead_letters(url, amqp_url, names['dead_letter_queue'])]
     # A Redis list is pushed on the left and popped on the right.
     return bodies[::-1] if url.startswith('redis') else bodies
 

@@ -6,11 +6,8 @@ database of its own) and asserts on that replica's database or on the broker's q
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 
-import pika
 import pytest
 
 from tests.dj_master.models import FlakyModel, SimplestModel
@@ -18,6 +15,7 @@ from tests.harness import (
     KOMBU,
     RABBIT,
     clean_redis,
+    dead_letters,
     queue_depth,
     replica_names,
     sqlite_write_lock,
@@ -27,17 +25,6 @@ from tests.harness import (
 SIMPLEST = 'dj_replica_simplestreplica'
 FLAKY = 'dj_replica_flakyreplica'
 FLAKY_ATTEMPT = 'dj_replica_flakyattempt'
-
-
-@pytest.fixture(params=['amqp', 'redis'])
-def kombu_url(request, names):
-    """A Kombu broker URL of each kind; Redis keys of this test's queues are removed after."""
-    if request.param == 'amqp':
-        yield request.getfixturevalue('amqp_url')
-        return
-    url = request.getfixturevalue('redis_url')
-    yield url
-    clean_redis(url, names)
 
 
 @pytest.fixture
@@ -50,43 +37,6 @@ def redis_names(names, redis_url):
 def _attempts(replica, pk):
     rows = replica.query(f'SELECT attempts FROM {FLAKY_ATTEMPT} WHERE id = ?', (pk,))
     return rows[0][0] if rows else 0
-
-
-def _redis_message_count(redis_url, queue):
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return client.llen(queue)
-    finally:
-        client.close()
-
-
-def _dead_letters(kombu_url, amqp_url, queue):
-    """``(body, expiration)`` of each message in a dead-letter queue, left in place."""
-    if kombu_url.startswith('redis'):
-        import redis
-
-        client = redis.Redis.from_url(kombu_url)
-        try:
-            envelopes = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
-        finally:
-            client.close()
-        return [
-            (json.loads(base64.b64decode(e['body'])), e['properties'].get('expiration'))
-            for e in envelopes
-        ]
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        result = []
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=False)
-            if method is None:
-                return result
-            result.append((json.loads(body), properties.expiration))
-    finally:
-        connection.close()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -188,14 +138,14 @@ def test_retries_then_dead_letter(master, replica_service, kombu_url, amqp_url, 
 
     FlakyModel.objects.create(id=2, name='doomed', always_fail=True)
     if kombu_url.startswith('redis'):
-        count = lambda: _redis_message_count(kombu_url, names['dead_letter_queue'])  # noqa: E731
+        count = lambda: queue_depth(kombu_url, names['dead_letter_queue'])  # noqa: E731
     else:
         count = lambda: queue_depth(amqp_url, names['dead_letter_queue'])  # noqa: E731
     wait_for(lambda: count() == 1, message=f'one dead letter ({replica.log()[-3000:]})')
     assert _attempts(replica, 2) == 4  # the first attempt and CQRS_MAX_RETRIES = 3 retries
     assert replica.query(f'SELECT id FROM {FLAKY}') == [(1,)]
     assert 'is added to dead letter queue: pk = 2 (flaky)' in replica.log()
-    [(body, expiration)] = _dead_letters(kombu_url, amqp_url, names['dead_letter_queue'])
+    [(body, expiration)] = dead_letters(kombu_url, amqp_url, names['dead_letter_queue'])
     assert (body['cqrs_id'], body['instance_pk'], body['retries']) == ('flaky', 2, 3)
     assert expiration == '864000000'  # dead_message_ttl (10 days) in milliseconds
 

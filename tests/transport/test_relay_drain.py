@@ -29,6 +29,7 @@ from tests.harness import (
     outbox_on,
     private_node_broker,  # noqa: F401 (the ``broker`` fixture)
     queue_depth,
+    replica_names,
     reset_publisher,
     wait_equal,
     wait_for,
@@ -39,7 +40,6 @@ from tests.transport.test_relay_faults import (
     REPLICA_TABLE,
     make_changes,
     master_service,
-    rows,
 )
 
 RELAYED = re.compile(r'^Relayed (\d+) outbox messages\.$', re.MULTILINE)
@@ -155,8 +155,10 @@ def test_item_05_manage_py_relay_once_right_after_an_outage(broker, names, repli
     assert RELAYED.findall(relayed.stderr) == [str(SAVES)], relayed.stderr
     assert master.count(OUTBOX) == 0
     replica.start('-w', '1')
-    wait_equal(lambda: rows(master, MASTER_TABLE), lambda: rows(replica, REPLICA_TABLE))
-    assert len(rows(replica, REPLICA_TABLE)) == SAVES
+    wait_equal(
+        lambda: replica_names(master, MASTER_TABLE), lambda: replica_names(replica, REPLICA_TABLE)
+    )
+    assert len(replica_names(replica, REPLICA_TABLE)) == SAVES
     assert replica.stop() == 0
     assert depths(broker.url, names) == (0, 0)
 
