@@ -182,7 +182,11 @@ def _urls(name: str, value: Any) -> str | tuple[str, ...] | None:
             raise CQRSConfigurationError(f'settings.{name} has no URL: {value!r}.')
         return value
     if not isinstance(value, list | tuple):
-        raise _error(name, 'a URL string, URLs separated by ";" or a list of URLs', value)
+        # Not the value: it may hold credentials.
+        raise CQRSConfigurationError(
+            f'settings.{name} must be a URL string, URLs separated by ";" or a list of URLs, '
+            f'not {type(value).__name__}.'
+        )
     if not value:
         raise CQRSConfigurationError(f'settings.{name} must not be an empty list of URLs.')
     for item in value:
