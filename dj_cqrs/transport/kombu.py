@@ -161,7 +161,7 @@ class _KombuPublisher:
                             type(exc).__name__,
                         )
                         self._node = next_node(self._node, len(_node_urls()))
-                    self.close()
+                    self._drop()
 
     def _errors(self) -> tuple:
         return _errors(self._connection or _connection())
@@ -188,6 +188,12 @@ class _KombuPublisher:
         return self._producer
 
     def close(self) -> None:
+        """Close the connection; the next one tries the nodes from the first one again."""
+        with self._lock:
+            self._node = 0
+            self._drop()
+
+    def _drop(self) -> None:
         with self._lock:
             connection, self._connection, self._producer = self._connection, None, None
             if connection is not None and self._pid == os.getpid():

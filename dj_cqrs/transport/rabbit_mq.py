@@ -271,8 +271,10 @@ class _Publisher:
             return True
 
     def close(self) -> None:
-        """Close the connection (messages not yet confirmed are kept for the next one)."""
+        """Close the connection (messages not yet confirmed are kept for the next one); the next
+        connection tries the nodes from the first one again."""
         with self._lock:
+            self._node = 0
             if self._pid == os.getpid() and self._connection is not None:
                 try:
                     if self._connection.is_open:
