@@ -275,8 +275,21 @@ def _exits_on_configuration_error(queue):
 
 
 def test_item_02_supervisor_stops_when_a_worker_exits_on_a_configuration_error():
+    import signal
+
     from django.core.management.base import CommandError
 
-    supervisor = Supervisor(2, target=_exits_on_configuration_error)
-    with pytest.raises(CommandError, match='configuration error'):
-        supervisor.run()
+    def too_long(signum, frame):
+        raise TimeoutError('the supervisor kept restarting the workers')
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous_alarm = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        with pytest.raises(CommandError, match='configuration error'):
+            Supervisor(2, target=_exits_on_configuration_error).run()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous_alarm)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
