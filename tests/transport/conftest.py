@@ -127,3 +127,28 @@ def tls_broker(tmp_path_factory):
     broker = PrivateBroker(tmp_path_factory.mktemp('rabbitmq-tls'), tls=True).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope='session')
+def rabbit_cluster(tmp_path_factory):
+    """A local 3-node RabbitMQ cluster (``tests.transport.cluster``), built once per run.
+
+    Started on first use, killed and removed at the end of the session whatever happened.
+    Skipped only when a ``rabbitmq-server`` node cannot be started at all.
+    """
+    import atexit
+
+    from tests.transport.cluster import SERVER, RabbitCluster
+
+    if not SERVER.exists():
+        pytest.skip(f'cluster tests need rabbitmq-server ({SERVER} is missing)')
+    cluster = RabbitCluster(tmp_path_factory.mktemp('rabbitmq-cluster'))
+    atexit.register(cluster.teardown)
+    try:
+        cluster.start()
+    except RuntimeError as error:
+        if 'did not start' not in str(error):
+            raise
+        pytest.skip(f'cluster tests need rabbitmq-server nodes, which cannot start: {error}')
+    yield cluster
+    cluster.teardown()
