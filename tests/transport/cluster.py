@@ -195,6 +195,24 @@ class RabbitCluster:
                 return dict(zip(('name', 'type', 'leader', 'members'), fields, strict=False))
         raise RuntimeError(f'queue {queue!r} not found in:\n{output}')
 
+    def active_consumers(self, queue: str, vhost: str = '/') -> list[str]:
+        """The nodes of the active consumers of ``queue`` (one entry per consumer).
+
+        A quorum queue keeps the consumers of a node that went down, inactive, until it is
+        back: the ``consumer_count`` of a passive declare counts them too.
+        """
+        via = next(node for node in self.nodes if port_open(node.port))
+        output = via.ctl(
+            'list_consumers', '-p', vhost, 'queue_name', 'channel_pid', 'active',
+            '--no-table-headers',
+        )  # fmt: skip
+        nodes = []
+        for line in output.splitlines():
+            name, channel, active = line.split('\t')
+            if name == queue and active == 'true':
+                nodes.append(channel.strip('<>').split('.')[0])
+        return nodes
+
     def connection_ports(self) -> list[int]:
         """The AMQP port (so the node) of every client connection of the cluster."""
         via = next(node for node in self.nodes if port_open(node.port))

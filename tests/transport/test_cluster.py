@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import pika
 import pytest
 
 from dj_cqrs.models import CQRSOutboxMessage
@@ -92,16 +91,6 @@ def join(thread: threading.Thread) -> None:
         raise thread.errors[0]
 
 
-def consumer_count(cluster, queue: str) -> int:
-    """Consumers of ``queue`` as the broker counts them (through a live node)."""
-    url = next(node.url for node in cluster.nodes if node.running)
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.consumer_count
-    finally:
-        connection.close()
-
-
 def quorum_replica(replica_service, cluster, url: str | None = None, workers: int = 1):
     replica = replica_service(url=url or cluster.url).extend_settings(QUORUM)
     replica.start('-w', str(workers))
@@ -150,7 +139,11 @@ def test_item_03_master_writes_3000_changes_while_the_node_both_sides_use_restar
     log = replica.log()
     assert 'exited with code' not in log, log[-3000:]
     assert replica.process.poll() is None
-    wait_for(lambda: consumer_count(cluster, names['queue']) == 1, message='the consumer back')
+    consumers = wait_for(
+        lambda: len(nodes := cluster.active_consumers(names['queue'])) == 1 and nodes,
+        message=lambda: f'the consumer back: {cluster.active_consumers(names["queue"])}',
+    )
+    assert consumers != [first.node], 'the consumer moved to another node'
 
 
 @pytest.mark.django_db(transaction=True)
@@ -189,7 +182,11 @@ def test_item_03_two_workers_on_a_quorum_queue_survive_the_loss_of_its_leader_no
     log = replica.log()
     assert 'exited with code' not in log, log[-3000:]
     assert replica.process.poll() is None
-    wait_for(lambda: consumer_count(cluster, queue) == 2, message='both workers consuming again')
+    consumers = wait_for(
+        lambda: len(nodes := cluster.active_consumers(queue)) == 2 and nodes,
+        message=lambda: f'both workers consuming again: {cluster.active_consumers(queue)}',
+    )
+    assert lost['leader'] not in consumers
     started = time.monotonic()
     cluster.ensure_running()
     print(f'the killed node rejoined in {time.monotonic() - started:.1f} s')
