@@ -19,7 +19,7 @@ which class must the transport subclass) is passed to ``validate()`` by ``dj_cqr
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -75,6 +75,7 @@ REPLICA_DEFAULTS: dict[str, Any] = {
     'CQRS_QUERY_TIMEOUT': 0,
     'CQRS_LOG_TIMED_OUT_QUERIES': False,
     'CQRS_QUERY_LOGGER': None,
+    'queue_type': 'classic',
 }
 
 # The keys the original library writes into ``settings.CQRS`` at start-up.
@@ -85,6 +86,8 @@ FILLED_MASTER_KEYS = (
     'meta_function',
 )
 FILLED_REPLICA_KEYS = ('CQRS_MAX_RETRIES', 'CQRS_RETRY_DELAY', 'delay_queue_max_size')
+
+QUEUE_TYPES = ('classic', 'quorum')
 
 SSL_OPTION_KEYS = ('ca_certs', 'certfile', 'keyfile', 'server_hostname', 'check_hostname')
 
@@ -172,6 +175,47 @@ def _string(name: str, value: Any) -> str | None:
     raise _error(name, 'a string', value)
 
 
+def _urls(name: str, value: Any) -> str | tuple[str, ...] | None:
+    """One broker URL, several separated by ``;``, or a list / tuple of URLs (a tuple)."""
+    if value is None or isinstance(value, str):
+        if value and not broker_urls(value):
+            raise CQRSConfigurationError(f'settings.{name} has no URL: {value!r}.')
+        return value
+    if not isinstance(value, list | tuple):
+        # Not the value: it may hold credentials.
+        raise CQRSConfigurationError(
+            f'settings.{name} must be a URL string, URLs separated by ";" or a list of URLs, '
+            f'not {type(value).__name__}.'
+        )
+    if not value:
+        raise CQRSConfigurationError(f'settings.{name} must not be an empty list of URLs.')
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise CQRSConfigurationError(
+                f'settings.{name} must be a list of URL strings; '
+                f'item {item!r} ({type(item).__name__}) is not one.'
+            )
+    return tuple(value)
+
+
+def broker_urls(url: str | Sequence[str] | None) -> list[str]:
+    """The broker URLs of ``CQRS['url']`` in failover order (``[]`` when it is not set).
+
+    A string may hold several URLs separated by ``;`` (Kombu's convention); a list or tuple
+    holds one URL per item.
+    """
+    if not url:
+        return []
+    items = url.split(';') if isinstance(url, str) else url
+    return [item.strip() for item in items if item.strip()]
+
+
+def _queue_type(name: str, value: Any) -> str:
+    if value in QUEUE_TYPES:
+        return value
+    raise CQRSConfigurationError(f"settings.{name} must be 'classic' or 'quorum', not {value!r}.")
+
+
 def _optional_string(name: str, value: Any) -> str | None:
     """A string, or anything false for "not set"."""
     if not value:
@@ -247,7 +291,7 @@ def _ssl_options(name: str, value: Any) -> dict | None:
 
 _RULES: dict[tuple[str | None, str], Callable[[str, Any], Any]] = {
     (None, 'transport'): _string,
-    (None, 'url'): _string,
+    (None, 'url'): _urls,
     (None, 'host'): _string,
     (None, 'port'): _number(1, 65535),
     (None, 'user'): _string,
@@ -277,6 +321,7 @@ _RULES: dict[tuple[str | None, str], Callable[[str, Any], Any]] = {
     ('replica', 'CQRS_QUERY_TIMEOUT'): _query_timeout,
     ('replica', 'CQRS_LOG_TIMED_OUT_QUERIES'): _truthy,
     ('replica', 'CQRS_QUERY_LOGGER'): _optional_string,
+    ('replica', 'queue_type'): _queue_type,
 }
 
 # Keys where None in settings.CQRS stands for the default (the others keep None).
@@ -284,6 +329,7 @@ _NONE_IS_DEFAULT = {
     (None, 'exchange'),
     (None, 'consumer_prefetch_count'),
     ('replica', 'dead_letter_queue'),
+    ('replica', 'queue_type'),
 }
 
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from django.core.management.base import CommandError
 from django.db import connections
 
 from dj_cqrs._logging import logger
+from dj_cqrs.conf import CQRSConfigurationError
+
+# Exit code of a worker stopped by a configuration error (sysexits EX_CONFIG): not restarted.
+EXIT_CONFIGURATION_ERROR = 78
 
 
 def _worker_main(cqrs_ids: Sequence[str] | None) -> None:
@@ -19,13 +25,19 @@ def _worker_main(cqrs_ids: Sequence[str] | None) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    current_transport.consume(cqrs_ids=cqrs_ids)
+    try:
+        current_transport.consume(cqrs_ids=cqrs_ids)
+    except CQRSConfigurationError as exc:
+        logger.error('CQRS consumer stopped: %s', exc)
+        sys.exit(EXIT_CONFIGURATION_ERROR)
 
 
 class Supervisor:
     """Keeps ``workers`` consumer processes running until SIGTERM / SIGINT.
 
-    A worker that dies is started again; SIGHUP (and, with ``watch``, a change to a ``.py``
+    A worker that dies is started again, unless it stopped on a configuration error (exit code
+    ``EXIT_CONFIGURATION_ERROR``): then every worker is stopped and ``run()`` raises
+    ``CommandError``. SIGHUP (and, with ``watch``, a change to a ``.py``
     file) restarts all of them. Stopping sends SIGINT, waits ``sigint_timeout`` seconds for
     the workers to finish the message in hand, then SIGKILLs what is left and waits
     ``sigkill_timeout`` more.
@@ -56,6 +68,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._failures: dict[int, tuple[int, float]] = {}
+        self._configuration_error = False
 
     def run(self) -> None:
         """Run until stopped by a signal."""
@@ -77,6 +90,10 @@ class Supervisor:
                 self._restart_dead()
         finally:
             self._stop_all()
+        if self._configuration_error:
+            raise CommandError(
+                'A CQRS consumer worker stopped on a configuration error (logged above).'
+            )
 
     def _start(self, index: int):
         connections.close_all()
@@ -95,6 +112,15 @@ class Supervisor:
             count, not_before = self._failures.get(index, (0, 0.0))
             if now < not_before:
                 continue
+            if process.exitcode == EXIT_CONFIGURATION_ERROR:
+                logger.error(
+                    'CQRS consumer: worker %s (pid %s) stopped on a configuration error; stopping.',
+                    index,
+                    process.pid,
+                )
+                self._configuration_error = True
+                self._stop.set()
+                return
             logger.error(
                 'CQRS consumer: worker %s (pid %s) exited with code %s; starting it again.',
                 index,

@@ -13,37 +13,59 @@ from urllib.parse import urlparse
 
 import kombu
 import ujson
+from amqp.exceptions import PreconditionFailed
 from kombu.exceptions import OperationalError
 
 from dj_cqrs._logging import logger
-from dj_cqrs.conf import cqrs_settings
+from dj_cqrs.conf import broker_urls, cqrs_settings
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport._consuming import Delivery, Worker
 from dj_cqrs.transport._lifecycle import (
     BrokerTransportMixin,
     StopFlag,
+    connect_first_live,
     consume_until_stopped,
+    next_node,
+    queue_type_error,
     replica_bindings,
+    replica_queue_arguments,
 )
 from dj_cqrs.transport.base import BaseTransport
 from dj_cqrs.transport.mixins import LoggingMixin
 from dj_cqrs.transport.rabbit_mq import produced_routing_key
 
 
-def _connection() -> kombu.Connection:
+def _node_urls() -> list[str | None]:
+    """The broker URLs of ``settings.CQRS['url']`` in failover order (``[None]``: Kombu's
+    default broker)."""
+    return broker_urls(cqrs_settings.url) or [None]
+
+
+def _connection(url: str | None = None) -> kombu.Connection:
+    """A (not yet open) connection to one node: ``url``, by default the first one."""
+    url = url or _node_urls()[0]
     transport_options = {'confirm_publish': bool(cqrs_settings.publisher_confirms)}
-    return kombu.Connection(
-        cqrs_settings.url, transport_options=transport_options, ssl=_ssl_option()
-    )
+    return kombu.Connection(url, transport_options=transport_options, ssl=_ssl_option(url))
 
 
-def _ssl_option() -> Any:
+def _open(url: str | None, single: bool = True) -> kombu.Connection:
+    """An open connection to ``url``; one attempt when it is one of several nodes."""
+    connection = _connection(url)
+    try:
+        connection.ensure_connection(max_retries=1 if single else 0)
+    except Exception:
+        connection.release()
+        raise
+    return connection
+
+
+def _ssl_option(url: str | None = None) -> Any:
     """Kombu's ``ssl`` argument from ``settings.CQRS['ssl_options']`` and the URL scheme.
 
     The broker's certificate is verified and, unless ``check_hostname`` is False, its name is
     checked against ``server_hostname`` (default: the host of the URL).
     """
-    url = cqrs_settings.url or ''
+    url = url or _node_urls()[0] or ''
     tls = cqrs_settings.ssl_options
     if tls is None:
         if not url.startswith(('amqps://', 'rediss://')):
@@ -72,8 +94,18 @@ def _ssl_option() -> Any:
 
 
 def _location(connection: kombu.Connection) -> str:
-    """The broker URL with the password masked."""
-    return connection.as_uri(include_password=False)
+    """``host:port/vhost`` of the connection's broker, safe to log (never the credentials)."""
+    info = connection.info()
+    return f'{info["hostname"]}:{info["port"]}/{info["virtual_host"]}'
+
+
+def _errors(connection: kombu.Connection) -> tuple[type[BaseException], ...]:
+    return (
+        *connection.connection_errors,
+        *connection.channel_errors,
+        OSError,
+        OperationalError,
+    )
 
 
 def _exchange() -> kombu.Exchange:
@@ -92,13 +124,21 @@ def _publish_kwargs(expiration: str | None = None) -> dict:
 
 
 class _KombuPublisher:
-    """One connection and producer per process, reopened after ``fork()`` or an error."""
+    """One connection and producer per process, reopened after ``fork()`` or an error.
+
+    With several broker URLs, a connection goes to the first node that answers, starting at
+    the node after the one that failed last (round-robin). A publish that fails on a broken
+    connection is sent again on the next node (with publisher confirms, Kombu waits for the
+    broker's confirm of each message, so nothing unconfirmed is left behind).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._pid: int | None = None
         self._connection: kombu.Connection | None = None
         self._producer: kombu.Producer | None = None
+        self._node = 0
+        self.node_location: str | None = None
         self.connections_opened = 0
 
     def publish(self, routing_key: str, body: str) -> None:
@@ -114,20 +154,35 @@ class _KombuPublisher:
                     errors = self._errors()
                     if attempt == 2 or not isinstance(exc, errors):
                         raise
+                    if self._connection is not None:
+                        logger.warning(
+                            'CQRS publish to %s failed (%s), retrying on a new connection.',
+                            self.node_location,
+                            type(exc).__name__,
+                        )
+                        self._node = next_node(self._node, len(_node_urls()))
                     self.close()
 
     def _errors(self) -> tuple:
-        connection = self._connection or _connection()
-        return (*connection.connection_errors, *connection.channel_errors, OSError)
+        return _errors(self._connection or _connection())
 
     def _ensure_open(self) -> kombu.Producer:
         if self._pid != os.getpid():
             self._connection = self._producer = None
             self._pid = os.getpid()
         if self._producer is None:
-            self._connection = _connection()
-            self._connection.ensure_connection(max_retries=1)
+            urls = _node_urls()
+            connections = [_connection(url) for url in urls]
+            self._node, self._connection = connect_first_live(
+                lambda index: _open(urls[index], single=len(urls) == 1),
+                [_location(connection) for connection in connections],
+                self._node,
+                _errors(connections[0]),
+            )
+            self.node_location = _location(self._connection)
             self.connections_opened += 1
+            if len(urls) > 1:
+                logger.info('CQRS publisher is connected to %s.', self.node_location)
             self._producer = kombu.Producer(self._connection.channel())
             _exchange()(self._producer.channel).declare()
         return self._producer
@@ -169,24 +224,15 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
     def consume(cls, cqrs_ids: Iterable[str] | None = None, **kwargs: Any) -> None:
         """Consume the replica queue until SIGTERM / SIGINT, reconnecting after broker loss."""
         cls._stop.install()
-        probe = _connection()
-
-        def connect() -> kombu.Connection:
-            connection = _connection()
-            try:
-                connection.ensure_connection(max_retries=1)
-            except Exception:
-                connection.release()
-                raise
-            return connection
-
+        urls = _node_urls()
+        probes = [_connection(url) for url in urls]
         consume_until_stopped(
             cls._stop,
-            connect,
+            lambda index: _open(urls[index], single=len(urls) == 1),
             lambda connection: cls._consume_on(connection, cqrs_ids),
             lambda connection: connection.release(),
-            (*probe.connection_errors, *probe.channel_errors, OSError, OperationalError),
-            _location(probe),
+            _errors(probes[0]),
+            [_location(probe) for probe in probes],
             cls.CONSUMER_RETRY_TIMEOUT,
             cls.MAX_RECONNECT_DELAY,
         )
@@ -199,18 +245,40 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         for name, routing_key in replica_bindings(cqrs_ids):
             bindings.setdefault(name, []).append(kombu.binding(exchange, routing_key=routing_key))
         dead_letter_name = cqrs_settings.replica.dead_letter_queue
-        queue = kombu.Queue(queue_name, exchange, durable=True, bindings=bindings[queue_name])
+        arguments = replica_queue_arguments()
+        queue = kombu.Queue(
+            queue_name,
+            exchange,
+            durable=True,
+            bindings=bindings[queue_name],
+            queue_arguments=arguments,
+        )
         dead = kombu.Queue(
-            dead_letter_name, exchange, durable=True, bindings=bindings[dead_letter_name]
+            dead_letter_name,
+            exchange,
+            durable=True,
+            bindings=bindings[dead_letter_name],
+            queue_arguments=arguments,
         )
         return queue, dead
+
+    @classmethod
+    def _declare(cls, queue: kombu.Queue, channel: Any) -> None:
+        """Declare a queue; the other queue type already there raises ``CQRSConfigurationError``."""
+        try:
+            queue(channel).declare()
+        except PreconditionFailed as exc:
+            error = queue_type_error(queue.name, str(exc.reply_text or exc))
+            if error:
+                raise error from None
+            raise
 
     @classmethod
     def _consume_on(cls, connection: kombu.Connection, cqrs_ids: Any) -> None:
         channel = connection.channel()
         queue, dead = cls._queues(cqrs_ids)
-        queue(channel).declare()
-        dead(channel).declare()
+        cls._declare(queue, channel)
+        cls._declare(dead, channel)
         producer = kombu.Producer(connection.channel(), exchange=_exchange())
         prefetch = cqrs_settings.consumer_prefetch_count
 

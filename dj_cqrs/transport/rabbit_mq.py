@@ -23,15 +23,19 @@ import ujson
 from pika import exceptions as pika_exceptions
 
 from dj_cqrs._logging import logger
-from dj_cqrs.conf import cqrs_settings
+from dj_cqrs.conf import broker_urls, cqrs_settings
 from dj_cqrs.constants import SignalType
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport._consuming import Delivery, Worker
 from dj_cqrs.transport._lifecycle import (
     BrokerTransportMixin,
     StopFlag,
+    connect_first_live,
     consume_until_stopped,
+    next_node,
+    queue_type_error,
     replica_bindings,
+    replica_queue_arguments,
 )
 from dj_cqrs.transport.base import BaseTransport, DeliveryCallback
 from dj_cqrs.transport.mixins import LoggingMixin
@@ -63,10 +67,19 @@ def connection_parameters() -> pika.ConnectionParameters:
     """Connection parameters from ``settings.CQRS``: ``url``, or host/port/user/password.
 
     The vhost of the URL is used; ``amqps://`` URLs (or ``ssl_options``) connect with TLS.
+    With several URLs, those of the first node (see ``all_connection_parameters``).
     """
-    if cqrs_settings.url:
-        params = pika.URLParameters(cqrs_settings.url)
-    else:
+    return all_connection_parameters()[0]
+
+
+def all_connection_parameters() -> list[pika.ConnectionParameters]:
+    """Connection parameters of every node of ``settings.CQRS['url']``, in failover order.
+
+    ``url`` may hold several URLs separated by ``;`` or be a list of URLs; without ``url``,
+    the one node of host/port/user/password.
+    """
+    urls = broker_urls(cqrs_settings.url)
+    if not urls:
         params = pika.ConnectionParameters(
             host=cqrs_settings.host or 'localhost',
             port=cqrs_settings.port or 5672,
@@ -74,8 +87,13 @@ def connection_parameters() -> pika.ConnectionParameters:
                 cqrs_settings.user or 'guest', cqrs_settings.password or 'guest'
             ),
         )
+        return [_with_tls(params, '')]
+    return [_with_tls(pika.URLParameters(url), url) for url in urls]
+
+
+def _with_tls(params: pika.ConnectionParameters, url: str) -> pika.ConnectionParameters:
     tls = cqrs_settings.ssl_options
-    if tls is not None or (cqrs_settings.url or '').startswith('amqps://'):
+    if tls is not None or url.startswith('amqps://'):
         params.ssl_options = pika.SSLOptions(
             ssl_context(tls or {}), (tls or {}).get('server_hostname') or params.host
         )
@@ -92,9 +110,14 @@ def ssl_context(options: dict) -> ssl.SSLContext:
 
 
 def broker_location(params: pika.ConnectionParameters | None = None) -> str:
-    """``host:port/vhost`` of the broker, safe to log (never the credentials)."""
+    """``host:port/vhost`` of the broker (the first node), safe to log (never the credentials)."""
     params = params or connection_parameters()
     return f'{params.host}:{params.port}/{params.virtual_host}'
+
+
+def broker_locations(params: Sequence[pika.ConnectionParameters] | None = None) -> str:
+    """``host:port/vhost`` of every node, separated by ``, ``."""
+    return ', '.join(broker_location(p) for p in params or all_connection_parameters())
 
 
 def message_properties(expiration: str | None = None) -> pika.BasicProperties:
@@ -176,6 +199,9 @@ class _Publisher:
         self._unreachable_until = 0.0
         self._confirms = False
         self._next_refusal_report = 0.0
+        # The node (index in all_connection_parameters()) to connect to first.
+        self._node = 0
+        self.node_location: str | None = None
         self.connections_opened = 0
         atexit.register(self._flush_at_exit)
 
@@ -215,7 +241,7 @@ class _Publisher:
                         raise
                     logger.warning(
                         'CQRS publish to %s failed (%s), retrying on a new connection.',
-                        broker_location(),
+                        self.node_location,
                         type(exc).__name__,
                     )
                     self._drop()
@@ -366,8 +392,9 @@ class _Publisher:
         ):
             return
         self._drop()
-        params = connection_parameters()
-        location = broker_location(params)
+        nodes = all_connection_parameters()
+        locations = [broker_location(params) for params in nodes]
+        location = ', '.join(locations)
         if (
             fail_fast
             and self._unreachable == location
@@ -375,13 +402,21 @@ class _Publisher:
         ):
             raise pika_exceptions.AMQPConnectionError(f'{location} was unreachable a moment ago')
         try:
-            self._connection = pika.BlockingConnection(params)
+            self._node, self._connection = connect_first_live(
+                lambda index: pika.BlockingConnection(nodes[index]),
+                locations,
+                self._node,
+                _CONNECTION_ERRORS,
+            )
         except _CONNECTION_ERRORS:
             self._unreachable = location
             self._unreachable_until = time.monotonic() + _UNREACHABLE_PAUSE
             raise
         self._unreachable = None
+        self.node_location = locations[self._node]
         self.connections_opened += 1
+        if len(nodes) > 1:
+            logger.info('CQRS publisher is connected to %s.', self.node_location)
         channel = self._connection.channel()
         channel.exchange_declare(cqrs_settings.exchange, 'topic', durable=True)
         channel.add_on_return_callback(self._on_return)
@@ -392,8 +427,15 @@ class _Publisher:
         self._next_tag = 0
         pending = list(self._unconfirmed.values())
         self._unconfirmed.clear()
-        for message in pending:
-            self._basic_publish(message)
+        try:
+            while pending:
+                self._basic_publish(pending[0])
+                pending.pop(0)
+        finally:
+            # Left over when the new connection broke too: kept for the next one.
+            for message in pending:
+                self._next_tag += 1
+                self._unconfirmed[self._next_tag] = message
 
     def _drop(self) -> None:
         """Forget a broken connection without a close handshake (its socket may be dead).
@@ -403,6 +445,8 @@ class _Publisher:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and self._pid == os.getpid():
             _abandon(connection)
+            # The node failed: the next connection tries the following one first.
+            self._node = next_node(self._node, len(broker_urls(cqrs_settings.url)) or 1)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -522,7 +566,7 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         try:
             confirmed = cls._publisher.publish_many(messages)
         except _CONNECTION_ERRORS as exc:
-            location = broker_location()
+            location = broker_locations()
             for payload in payloads:
                 logger.error(
                     "CQRS couldn't be published: pk = %s (%s). Error: %s, broker %s.",
@@ -547,20 +591,29 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
     def consume(cls, cqrs_ids: Iterable[str] | None = None, **kwargs: Any) -> None:
         """Consume the replica queue until SIGTERM / SIGINT, reconnecting after broker loss."""
         cls._stop.install()
-        params = connection_parameters()
+        nodes = all_connection_parameters()
+        locations = [broker_location(params) for params in nodes]
+        current = [0]
+
+        def connect(index: int) -> pika.BlockingConnection:
+            current[0] = index
+            return pika.BlockingConnection(nodes[index])
+
         consume_until_stopped(
             cls._stop,
-            lambda: pika.BlockingConnection(params),
-            lambda connection: cls._consume_on(connection, cqrs_ids),
+            connect,
+            lambda connection: cls._consume_on(connection, cqrs_ids, locations[current[0]]),
             lambda connection: connection.is_open and connection.close(),
             _CONNECTION_ERRORS,
-            broker_location(params),
+            locations,
             cls.CONSUMER_RETRY_TIMEOUT,
             cls.MAX_RECONNECT_DELAY,
         )
 
     @classmethod
-    def _consume_on(cls, connection: pika.BlockingConnection, cqrs_ids: Any) -> None:
+    def _consume_on(
+        cls, connection: pika.BlockingConnection, cqrs_ids: Any, location: str | None = None
+    ) -> None:
         queue = cqrs_settings.queue
         exchange = cqrs_settings.exchange
         channel = connection.channel()
@@ -595,17 +648,29 @@ class RabbitMQTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
             ack_through=lambda delivery_tag: channel.basic_ack(delivery_tag, multiple=True),
         )
         channel.basic_consume(queue, on_message, auto_ack=False)
-        logger.info('CQRS consumer is ready: queue %s at %s.', queue, broker_location())
+        logger.info('CQRS consumer is ready: queue %s at %s.', queue, location or broker_location())
         worker.run(cls._stop, lambda timeout: connection.process_data_events(time_limit=timeout))
 
     @classmethod
     def declare_replica_topology(cls, channel: Any, cqrs_ids: Iterable[str] | None = None):
-        """Declare the exchange, the replica queue, the dead-letter queue and their bindings."""
+        """Declare the exchange, the replica queue, the dead-letter queue and their bindings.
+
+        The queues are quorum queues with ``CQRS['replica']['queue_type'] = 'quorum'``. A queue
+        that exists with the other type raises ``CQRSConfigurationError`` saying how to
+        migrate.
+        """
         exchange = cqrs_settings.exchange
         queue = cqrs_settings.queue
         dead_letter_queue = cqrs_settings.replica.dead_letter_queue
+        arguments = replica_queue_arguments()
         channel.exchange_declare(exchange, 'topic', durable=True)
-        channel.queue_declare(queue, durable=True)
-        channel.queue_declare(dead_letter_queue, durable=True)
+        for queue_name in (queue, dead_letter_queue):
+            try:
+                channel.queue_declare(queue_name, durable=True, arguments=arguments)
+            except pika_exceptions.ChannelClosedByBroker as exc:
+                error = exc.reply_code == 406 and queue_type_error(queue_name, exc.reply_text)
+                if error:
+                    raise error from None
+                raise
         for queue_name, routing_key in replica_bindings(cqrs_ids):
             channel.queue_bind(queue_name, exchange, routing_key)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import pytest
 
 from dj_cqrs.models import CQRSOutboxMessage
+from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
 from tests.harness import (
     assert_replica_equals_master,
@@ -38,8 +39,14 @@ QUORUM = "CQRS['replica']['queue_type'] = 'quorum'"
 
 @pytest.fixture
 def cluster(rabbit_cluster):
-    """The session's cluster with its three nodes running, before and after the test."""
+    """The session's cluster with its three nodes running, before and after the test.
+
+    The publisher of this process starts from node 1 (the first URL): it otherwise keeps the
+    node it failed over to in the previous test (``clean_connection()`` keeps it).
+    """
     rabbit_cluster.ensure_running()
+    RabbitMQTransport.clean_connection()
+    RabbitMQTransport._publisher._node = 0
     yield rabbit_cluster
     rabbit_cluster.ensure_running()
 
@@ -49,7 +56,9 @@ def write_changes(changes: int, at: dict[int, Callable[[], None]]) -> int:
 
     Every save runs outside a transaction, so it is published at once. ``at[n]`` is called
     just before the ``n``-th save. Returns the number of saves done; a raising save fails
-    the test.
+    the test. The caller then waits for the broker's confirms (``RabbitMQTransport.flush``), as the
+    master process does at exit: the publisher sends a message the broker refused (a quorum
+    queue without a leader for a moment) again with its next publish or flush.
     """
     created: list[int] = []
     saves = 0
@@ -130,6 +139,7 @@ def test_item_03_master_writes_3000_changes_while_the_node_both_sides_use_restar
         )
         join(threads['start'])
         assert saves == 3000
+        assert RabbitMQTransport.flush(timeout=90), 'the broker confirmed every change'
         if outbox:
             print(relay_outbox())
         assert_replica_equals_master(replica, timeout=120)
@@ -146,31 +156,41 @@ def test_item_03_master_writes_3000_changes_while_the_node_both_sides_use_restar
     assert consumers != [first.node], 'the consumer moved to another node'
 
 
+@pytest.mark.parametrize('leader_on', ['replica_node', 'both_sides_node'])
 @pytest.mark.django_db(transaction=True)
 def test_item_03_two_workers_on_a_quorum_queue_survive_the_loss_of_its_leader_node(
-    cluster, master, names, replica_service
+    leader_on, cluster, master, names, replica_service
 ):
     """``cqrs_consume -w 2`` on a quorum queue: the node hosting the queue's leader is killed
     (SIGKILL of the Erlang VM) while messages flow; a new leader takes over, the workers move
-    to a live node, and the replica ends equal to the master. The replica lists the nodes from
-    node 2 on, so the queue's leader starts there, away from the master's node 1."""
+    to a live node, and the replica ends equal to the master.
+
+    The replica declares the queue, so its leader starts on the replica's first node. With
+    ``replica_node`` the replica lists the nodes from node 2 on: the killed leader's node is
+    the workers' node, the master (node 1) keeps its connection and its publishes wait for the
+    new leader. With ``both_sides_node`` both sides list node 1 first: the master loses its
+    node too, with messages the dead node never confirmed."""
     master(url=cluster.url, queue_type='quorum')
     urls = cluster.urls
-    replica = quorum_replica(replica_service, cluster, ';'.join(urls[1:] + urls[:1]), workers=2)
+    replica_urls = urls[1:] + urls[:1] if leader_on == 'replica_node' else urls
+    replica = quorum_replica(replica_service, cluster, ';'.join(replica_urls), workers=2)
     queue, dead_letter_queue = names['queue'], f'dead_letter_{names["queue"]}'
     assert cluster.queue_info(queue)['type'] == 'quorum'
     assert cluster.queue_info(dead_letter_queue)['type'] == 'quorum'
     assert len(cluster.queue_info(queue)['members'].split(',')) == 3
     leader = cluster.queue_leader(queue)
+    assert leader.url == replica_urls[0]
     lost: dict[str, str] = {}
 
     def kill_leader():
         wait_for(lambda: replica.count() >= 200, message='the replica applying messages')
+        assert leader.port in cluster.connection_ports()
         lost['leader'] = leader.node
         leader.kill()
 
     saves = write_changes(1500, at={600: kill_leader})
     assert saves == 1500
+    assert RabbitMQTransport.flush(timeout=90), 'the broker confirmed every change'
 
     def new_leader():
         with contextlib.suppress(RuntimeError):
