@@ -139,9 +139,13 @@ class RabbitCluster:
             raise
         return self
 
+    def live_node(self) -> ClusterNode:
+        """The first node whose broker app runs (to ask ``rabbitmqctl`` through)."""
+        return next(node for node in self.nodes if node.running and port_open(node.port))
+
     def running_nodes(self, via: ClusterNode | None = None) -> list[str]:
         """Names of the running cluster members, as ``cluster_status`` of a live node says."""
-        via = via or next(node for node in self.nodes if port_open(node.port))
+        via = via or self.live_node()
         status = via.ctl('cluster_status', '--formatter', 'json')
         import json
 
@@ -175,7 +179,7 @@ class RabbitCluster:
 
     def queue_leader(self, queue: str, vhost: str = '/') -> ClusterNode:
         """The node that hosts the leader of quorum queue ``queue``."""
-        via = next(node for node in self.nodes if port_open(node.port))
+        via = self.live_node()
         output = via.ctl('list_queues', '-p', vhost, 'name', 'leader', '--no-table-headers')
         for line in output.splitlines():
             name, _, leader = line.partition('\t')
@@ -185,7 +189,7 @@ class RabbitCluster:
 
     def queue_info(self, queue: str, vhost: str = '/') -> dict[str, str]:
         """``type``, ``leader`` and ``members`` of ``queue`` as ``rabbitmqctl`` lists them."""
-        via = next(node for node in self.nodes if port_open(node.port))
+        via = self.live_node()
         output = via.ctl(
             'list_queues', '-p', vhost, 'name', 'type', 'leader', 'members', '--no-table-headers'
         )
@@ -201,7 +205,7 @@ class RabbitCluster:
         A quorum queue keeps the consumers of a node that went down, inactive, until it is
         back: the ``consumer_count`` of a passive declare counts them too.
         """
-        via = next(node for node in self.nodes if port_open(node.port))
+        via = self.live_node()
         output = via.ctl(
             'list_consumers', '-p', vhost, 'queue_name', 'channel_pid', 'active',
             '--no-table-headers',
@@ -215,7 +219,7 @@ class RabbitCluster:
 
     def connection_ports(self) -> list[int]:
         """The AMQP port (so the node) of every client connection of the cluster."""
-        via = next(node for node in self.nodes if port_open(node.port))
+        via = self.live_node()
         output = via.ctl('list_connections', 'port', '--no-table-headers')
         return [int(port) for port in output.split()]
 
