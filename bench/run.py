@@ -1,9 +1,13 @@
 """Benchmark of django-cqrs publishing and consuming over a local RabbitMQ.
 
     python -m bench.run [--n 3000] [--consume-n 10000] [--database sqlite|postgresql]
+                        [--url URL[;URL...] | --cluster] [--queue-type classic|quorum|both]
 
-Starts what it needs (``scripts/services.sh up rabbitmq``), uses SQLite files in a temporary
-directory and prints one JSON line with the figures.
+Starts what it needs (``scripts/services.sh up rabbitmq``, unless ``--url`` names the brokers),
+uses SQLite files in a temporary directory and prints one JSON line with the figures. With
+``--cluster`` it starts a local 3-node RabbitMQ cluster for the run (``tests.transport.cluster``)
+and uses it as ``--url``; ``--queue-type both`` runs the bench once per queue type and then
+prints the two JSON lines and a side-by-side table.
 """
 
 from __future__ import annotations
@@ -23,17 +27,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _setup(tmp: Path, database: str) -> dict[str, str]:
-    services = ['rabbitmq'] + (['postgres'] if database == 'postgresql' else [])
-    subprocess.run([str(ROOT / 'scripts' / 'services.sh'), 'up', *services], check=True)
+def _setup(tmp: Path, database: str, url: str | None, queue_type: str) -> dict[str, str]:
+    services = ([] if url else ['rabbitmq']) + (['postgres'] if database == 'postgresql' else [])
+    if services:
+        subprocess.run([str(ROOT / 'scripts' / 'services.sh'), 'up', *services], check=True)
     suffix = uuid.uuid4().hex[:8]
     env = {
         'BENCH_EXCHANGE': f'cqrs_bench_{suffix}',
         'BENCH_QUEUE': f'bench_replica_{suffix}',
         'BENCH_DB_ENGINE': database,
+        'BENCH_QUEUE_TYPE': queue_type,
         'DJANGO_SETTINGS_MODULE': 'bench.settings',
         'PYTHONPATH': str(ROOT),
     }
+    if url:
+        env['BENCH_AMQP_URL'] = url
     if database == 'postgresql':
         master_db, replica_db = f'cqrs_bench_m_{suffix}', f'cqrs_bench_r_{suffix}'
         _pg_admin([f'CREATE DATABASE {master_db}', f'CREATE DATABASE {replica_db}'])
@@ -111,11 +119,12 @@ class _ReplicaDB:
 
 
 def _channel():
+    """A connection of the bench's own to the first broker of ``CQRS['url']``."""
     import pika
+    from django.conf import settings
 
-    from dj_cqrs.transport.rabbit_mq import connection_parameters
-
-    connection = pika.BlockingConnection(connection_parameters())
+    url = next(item for item in settings.CQRS['url'].split(';') if item.strip())
+    connection = pika.BlockingConnection(pika.URLParameters(url.strip()))
     return connection, connection.channel()
 
 
@@ -334,18 +343,28 @@ def bench_latency(replica_env: dict[str, str], count: int = 200, gap: float = 0.
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--n', type=int, default=3000)
-    parser.add_argument(
-        '--consume-n', type=int, default=10000, help='messages of each consume measure'
-    )
-    parser.add_argument('--database', choices=['sqlite', 'postgresql'], default='sqlite')
-    args = parser.parse_args()
+# The figures shown side by side by ``--queue-type both``: (key, label).
+COMPARED = (
+    ('autocommit_saves_per_s_cqrs', 'autocommit CQRS saves/s'),
+    ('transaction_saves_per_s', 'saves/s in one transaction (committed)'),
+    ('transaction_saves_per_s_confirmed', 'saves/s in one transaction (confirmed)'),
+    ('outbox_on_autocommit_saves_per_s', 'autocommit saves/s, outbox on'),
+    ('consume_msgs_per_s_1_worker', 'consume -w 1, new rows (msg/s)'),
+    ('consume_msgs_per_s_2_workers', 'consume -w 2, new rows (msg/s)'),
+    ('consume_updates_msgs_per_s_1_worker', 'consume -w 1, updates (msg/s)'),
+    ('latency_p50_ms', 'e2e latency p50 (ms)'),
+    ('latency_p99_ms', 'e2e latency p99 (ms)'),
+)
+
+
+def run_once(args: argparse.Namespace, url: str | None, queue_type: str) -> dict:
     with tempfile.TemporaryDirectory(prefix='cqrs-bench-') as tmp:
-        replica_env = _setup(Path(tmp), args.database)
+        replica_env = _setup(Path(tmp), args.database, url, queue_type)
         _declare_and_purge()
         result: dict = {'n': args.n, 'database': args.database, 'broker': 'rabbitmq'}
+        if url:
+            result['nodes'] = len([item for item in url.split(';') if item.strip()])
+        result['queue_type'] = queue_type
         result.update(bench_autocommit(args.n))
         _declare_and_purge()
         result.update(bench_transaction(args.n))
@@ -366,7 +385,68 @@ def main() -> None:
         channel.exchange_delete(cqrs_settings.exchange)
         connection.close()
         _teardown(replica_env)
-    print(json.dumps(result))
+    return result
+
+
+def run_both(args: argparse.Namespace, url: str | None) -> list[dict]:
+    """One run per queue type, each in a process of its own (a fresh Django and publisher)."""
+    results = []
+    for queue_type in ('classic', 'quorum'):
+        command = [sys.executable, '-m', 'bench.run', '--n', str(args.n)]
+        command += ['--consume-n', str(args.consume_n), '--database', args.database]
+        command += ['--queue-type', queue_type] + (['--url', url] if url else [])
+        output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+        results.append(json.loads(output.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def side_by_side(classic: dict, quorum: dict) -> str:
+    lines = [f'{"measure":<42} {"classic":>10} {"quorum":>10} {"quorum/classic":>15}']
+    for key, label in COMPARED:
+        ratio = quorum[key] / classic[key] if classic[key] else float('nan')
+        lines.append(f'{label:<42} {classic[key]:>10} {quorum[key]:>10} {ratio:>15.2f}')
+    return '\n'.join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--n', type=int, default=3000)
+    parser.add_argument(
+        '--consume-n', type=int, default=10000, help='messages of each consume measure'
+    )
+    parser.add_argument('--database', choices=['sqlite', 'postgresql'], default='sqlite')
+    brokers = parser.add_mutually_exclusive_group()
+    brokers.add_argument(
+        '--url', help="CQRS['url']: one broker URL or several separated by ';' (a cluster)"
+    )
+    brokers.add_argument(
+        '--cluster', action='store_true', help='start a local 3-node RabbitMQ cluster for the run'
+    )
+    parser.add_argument(
+        '--queue-type',
+        choices=['classic', 'quorum', 'both'],
+        default='classic',
+        help="CQRS['replica']['queue_type'] of the replica queue; 'both' compares the two",
+    )
+    args = parser.parse_args()
+    cluster = None
+    url = args.url
+    if args.cluster:
+        from tests.transport.cluster import RabbitCluster
+
+        cluster = RabbitCluster(Path(tempfile.mkdtemp(prefix='cqrs-bench-cluster-'))).start()
+        url = cluster.url
+    try:
+        if args.queue_type != 'both':
+            print(json.dumps(run_once(args, url, args.queue_type)))
+            return
+        classic, quorum = run_both(args, url)
+        print(json.dumps(classic))
+        print(json.dumps(quorum))
+        print(side_by_side(classic, quorum))
+    finally:
+        if cluster is not None:
+            cluster.teardown()
 
 
 if __name__ == '__main__':

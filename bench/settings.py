@@ -39,6 +39,8 @@ CQRS = {
     'publisher_confirms': os.environ.get('BENCH_CONFIRMS', '1') == '1',
     'master': {'CQRS_MESSAGE_TTL': 3600},
 }
+if os.environ.get('BENCH_QUEUE_TYPE'):
+    CQRS['replica'] = {'queue_type': os.environ['BENCH_QUEUE_TYPE']}
 
 LOGGING = {
     'version': 1,

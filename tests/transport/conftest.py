@@ -117,3 +117,28 @@ def kombu_url(request, names):
     url = request.getfixturevalue('redis_url')
     yield url
     clean_redis(url, names)
+
+
+@pytest.fixture(scope='session')
+def rabbit_cluster(tmp_path_factory):
+    """A local 3-node RabbitMQ cluster (``tests.transport.cluster``), built once per run.
+
+    Started on first use, killed and removed at the end of the session whatever happened.
+    Skipped only when a ``rabbitmq-server`` node cannot be started at all.
+    """
+    import atexit
+
+    from tests.transport.cluster import SERVER, RabbitCluster
+
+    if not SERVER.exists():
+        pytest.skip(f'cluster tests need rabbitmq-server ({SERVER} is missing)')
+    cluster = RabbitCluster(tmp_path_factory.mktemp('rabbitmq-cluster'))
+    atexit.register(cluster.teardown)
+    try:
+        cluster.start()
+    except RuntimeError as error:
+        if 'did not start' not in str(error):
+            raise
+        pytest.skip(f'cluster tests need rabbitmq-server nodes, which cannot start: {error}')
+    yield cluster
+    cluster.teardown()
