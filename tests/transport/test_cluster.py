@@ -155,21 +155,7 @@ def test_item_03_master_writes_3000_changes_while_the_node_both_sides_use_restar
     assert consumers != [first.node], 'the consumer moved to another node'
 
 
-@pytest.mark.parametrize(
-    'leader_on',
-    [
-        'replica_node',
-        pytest.param(
-            'both_sides_node',
-            marks=pytest.mark.xfail(
-                reason='RabbitMQ 3.10.8: after a SIGKILL of the node of a quorum queue leader, '
-                'publishes through another node are nacked for more than 40 s although a new '
-                'leader is listed (reproduced with plain pika); under investigation',
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize('leader_on', ['replica_node', 'both_sides_node'])
 @pytest.mark.django_db(transaction=True)
 def test_item_03_two_workers_on_a_quorum_queue_survive_the_loss_of_its_leader_node(
     leader_on, cluster, master, names, replica_service
