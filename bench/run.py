@@ -119,12 +119,21 @@ class _ReplicaDB:
 
 
 def _channel():
-    """A connection of the bench's own to the first broker of ``CQRS['url']``."""
+    """A connection of the bench's own to the first live broker of ``CQRS['url']`` (in
+    failover order, as the transport connects)."""
     import pika
-    from django.conf import settings
 
-    url = next(item for item in settings.CQRS['url'].split(';') if item.strip())
-    connection = pika.BlockingConnection(pika.URLParameters(url.strip()))
+    from dj_cqrs.transport._lifecycle import connect_first_live
+    from dj_cqrs.transport.rabbit_mq import all_connection_parameters, broker_location
+
+    nodes = all_connection_parameters()
+    _index, connection = connect_first_live(
+        lambda index: pika.BlockingConnection(nodes[index]),
+        [broker_location(params) for params in nodes],
+        0,
+        (pika.exceptions.AMQPError, OSError),
+        who='bench',
+    )
     return connection, connection.channel()
 
 

@@ -11,10 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 import kombu
-from kombu.exceptions import OperationalError
 
-from dj_cqrs.conf import cqrs_settings
-from dj_cqrs.transport.kombu import KombuTransport, _exchange, _publish_kwargs, _ssl_option
+from dj_cqrs.transport._lifecycle import connect_first_live
+from dj_cqrs.transport.kombu import (
+    KombuTransport,
+    _errors,
+    _exchange,
+    _location,
+    _node_urls,
+    _publish_kwargs,
+    _ssl_option,
+)
 
 
 class DeadLetterError(Exception):
@@ -33,18 +40,24 @@ class KombuDeadLetters:
         self._taken: dict[Any, Any] = {}
 
     def open(self) -> KombuDeadLetters:
-        connection = kombu.Connection(
-            cqrs_settings.url, transport_options={'confirm_publish': True}, ssl=_ssl_option()
-        )
-        self.location = connection.as_uri(include_password=False)
-        errors = (
-            *connection.connection_errors,
-            *connection.channel_errors,
-            OSError,
-            OperationalError,
-        )
+        """Connect to the first node of ``CQRS['url']`` that answers (in failover order, as the
+        transport does) and declare the replica's queues; ``DeadLetterError`` when none does."""
+        urls = _node_urls()
+        connections = [self._connection_to(url) for url in urls]
+        self.location = ', '.join(c.as_uri(include_password=False) for c in connections)
+        errors = _errors(connections[0])
         try:
-            connection.ensure_connection(max_retries=1)
+            _index, connection = connect_first_live(
+                lambda index: self._open(connections[index], single=len(urls) == 1),
+                [_location(connection) for connection in connections],
+                0,
+                errors,
+                who='cqrs_dead_letters',
+            )
+        except errors as exc:
+            raise DeadLetterError(type(exc).__name__) from exc
+        self.location = connection.as_uri(include_password=False)
+        try:
             queue, dead = KombuTransport._queues(None)
             channel = connection.channel()
             queue(channel).declare()
@@ -56,6 +69,23 @@ class KombuDeadLetters:
         self._connection, self._channel = connection, channel
         self._producer = kombu.Producer(connection.channel(), exchange=_exchange())
         return self
+
+    @staticmethod
+    def _connection_to(url: str | None) -> kombu.Connection:
+        """A (not yet open) connection to one node, publishing with confirms."""
+        return kombu.Connection(
+            url, transport_options={'confirm_publish': True}, ssl=_ssl_option(url)
+        )
+
+    @staticmethod
+    def _open(connection: kombu.Connection, single: bool) -> kombu.Connection:
+        """Open ``connection``: retried once for a single node, else one attempt."""
+        try:
+            connection.ensure_connection(max_retries=1 if single else 0)
+        except Exception:
+            connection.release()
+            raise
+        return connection
 
     def count(self) -> int:
         """Dead letters in the queue now."""

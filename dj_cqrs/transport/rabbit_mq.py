@@ -210,6 +210,8 @@ class _Publisher:
         self._unreachable_until = 0.0
         self._confirms = False
         self._next_refusal_report = 0.0
+        # The broker refused a message on the current channel (see _republish_nacked).
+        self._refusing_channel = False
         # The node (index in all_connection_parameters()) to connect to first.
         self._node = 0
         self.node_location: str | None = None
@@ -430,6 +432,12 @@ class _Publisher:
         self.connections_opened += 1
         if len(nodes) > 1:
             logger.info('CQRS publisher is connected to %s.', self.node_location)
+        self._open_channel()
+
+    def _open_channel(self) -> None:
+        """Open the publishing channel on the connection; publish on it again the messages
+        not confirmed yet (they may have been written to a previous channel or connection)."""
+        self._refusing_channel = False
         channel = self._connection.channel()
         channel.exchange_declare(cqrs_settings.exchange, 'topic', durable=True)
         channel.add_on_return_callback(self._on_return)
@@ -475,6 +483,7 @@ class _Publisher:
             if message is None:
                 continue
             if nack:
+                self._refusing_channel = True
                 self._refused(message)
             elif message.on_delivery is not None:
                 try:
@@ -516,11 +525,31 @@ class _Publisher:
             return
         self._nacked = [message for message in self._nacked if message.due > now]
         try:
+            if self._refusing_channel:
+                self._reopen_channel()
             while due:
                 self._basic_publish(due[0])
                 due.pop(0)
         finally:
             self._nacked.extend(due)
+
+    def _reopen_channel(self) -> None:
+        """Replace a channel on which the broker refused a message by a new one.
+
+        RabbitMQ 3.10 keeps refusing (nacking) every later publish to a quorum queue on a
+        channel that published to it while the queue had no leader (its leader's node was
+        lost), long after a new leader was elected, whereas a new channel is accepted at once:
+        refused messages are therefore always published again on a new channel. The old
+        channel is closed first (its pending confirms are read); the messages it has not
+        confirmed are published again on the new one.
+        """
+        channel, self._channel = self._channel, None
+        try:
+            if channel is not None and channel.is_open:
+                channel.close()
+        except pika_exceptions.ChannelClosed:
+            pass
+        self._open_channel()
 
     @staticmethod
     def _on_return(channel: Any, method: Any, properties: Any, body: bytes) -> None:

@@ -8,10 +8,15 @@ tests stop and start again; the shared broker is never stopped.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import threading
 
 import pytest
+import ujson
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
 
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.outbox import flush_published
@@ -22,6 +27,7 @@ from tests.harness import (
     RABBIT,
     Broker,
     assert_replica_equals_master,
+    cqrs_settings_for,
     create_in_transactions,
     master_rows,
     outbox_on,
@@ -221,3 +227,78 @@ def test_item_01_unconfirmed_messages_are_published_again_on_the_next_node(
     assert set(range(1, 11)) <= kept_by_private
     assert kept_by_private | resent == set(range(1, 31))
     assert len(resent) >= 19
+
+
+def dead_letters_command(*args: str) -> tuple[str, str]:
+    """``cqrs_dead_letters *args``: (stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command('cqrs_dead_letters', *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def _dead_letter(pk: int) -> dict:
+    return {
+        'signal_type': 'SAVE', 'cqrs_id': 'simplest', 'instance_data': {'id': pk},
+        'previous_data': None, 'instance_pk': pk, 'correlation_id': None, 'retries': 3,
+        'expires': None, 'meta': None,
+    }  # fmt: skip
+
+
+@TRANSPORTS
+def test_item_01_dead_letters_command_skips_a_dead_first_node(
+    transport, shared, names, amqp_url, dead_url, caplog
+):
+    """``cqrs_dead_letters`` connects as the transports do: the dead first node of
+    ``CQRS['url']`` is skipped (and logged without credentials), the second one serves
+    ``dump``, ``retry`` and ``purge``, with the output of a single-node URL."""
+    caplog.set_level(logging.INFO, 'django-cqrs')
+    bodies = [ujson.dumps(_dead_letter(pk)) for pk in (1, 2)] + ['not json']
+    dead_letter_queue = names['dead_letter_queue']
+    with override_settings(CQRS=cqrs_settings_for(transport, f'{dead_url};{amqp_url}', names)):
+        assert dead_letters_command('purge') == ('Total dead letters: 0\n', '')
+        for body in bodies:
+            shared.channel.basic_publish('', dead_letter_queue, body.encode())
+
+        dumped = ''.join(f'{body}\n' for body in bodies)
+        assert dead_letters_command('dump') == (dumped, '')
+        retry, errors = dead_letters_command('retry')
+        assert retry == (
+            'Total dead letters: 3\n'
+            f'Retrying: 1/3\n{ujson.dumps({**_dead_letter(1), "retries": 0})}\n'
+            f'Retrying: 2/3\n{ujson.dumps({**_dead_letter(2), "retries": 0})}\n'
+            'Retrying: 3/3\n'
+        )
+        assert errors.startswith('Skipping a dead letter that is not a CQRS message: ')
+        assert dead_letters_command('purge') == ('Total dead letters: 1\nPurged\n', '')
+        assert dead_letters_command('dump') == ('', '')
+
+    retried = shared.take(names['queue'], 2)
+    assert [(key, body['instance_pk'], body['retries']) for key, _, body in retried] == [
+        (f'cqrs.{names["queue"]}.simplest', 1, 0),
+        (f'cqrs.{names["queue"]}.simplest', 2, 0),
+    ]
+    assert f'cannot connect to 127.0.0.1:{_port(dead_url)}/' in caplog.text
+    assert 's3cretpw' not in caplog.text and 'ghost' not in caplog.text
+
+
+@TRANSPORTS
+def test_item_01_dead_letters_command_names_every_dead_node(transport, names):
+    """No node answers: the command fails with the nodes it tried, without credentials."""
+    first, second = _free_port(), _free_port()
+    urls = [f'amqp://u:s3cretpw@127.0.0.1:{port}/%2F' for port in (first, second)]
+    with (
+        override_settings(CQRS=cqrs_settings_for(transport, ';'.join(urls), names)),
+        pytest.raises(CommandError) as error,
+    ):
+        dead_letters_command('dump')
+    if transport == RABBIT:
+        expected = (
+            f'Cannot connect to RabbitMQ at 127.0.0.1:{first}//, 127.0.0.1:{second}//: '
+            'AMQPConnectionError.'
+        )
+    else:
+        expected = (
+            f'Cannot connect to amqp://u:**@127.0.0.1:{first}//, '
+            f'amqp://u:**@127.0.0.1:{second}//: OperationalError.'
+        )
+    assert str(error.value) == expected

@@ -13,19 +13,36 @@ from dj_cqrs.constants import DEFAULT_MASTER_MESSAGE_TTL
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport import KombuTransport, RabbitMQTransport, current_transport
 from dj_cqrs.transport._kombu_dead_letters import DeadLetterError, KombuDeadLetters
-from dj_cqrs.transport.rabbit_mq import broker_location, connection_parameters, message_properties
+from dj_cqrs.transport._lifecycle import connect_first_live
+from dj_cqrs.transport.rabbit_mq import (
+    all_connection_parameters,
+    broker_location,
+    broker_locations,
+    message_properties,
+)
 from dj_cqrs.utils import get_message_expiration_dt
 
 
 class _RabbitMQDeadLetters:
-    """The dead-letter queue through pika; the interface of ``KombuDeadLetters``."""
+    """The dead-letter queue through pika; the interface of ``KombuDeadLetters``.
+
+    With several nodes in ``CQRS['url']``, it connects to the first one that answers, in
+    failover order, as the transport does.
+    """
 
     def open(self) -> _RabbitMQDeadLetters:
+        nodes = all_connection_parameters()
         try:
-            self._connection = pika.BlockingConnection(connection_parameters())
+            _index, self._connection = connect_first_live(
+                lambda index: pika.BlockingConnection(nodes[index]),
+                [broker_location(params) for params in nodes],
+                0,
+                (pika.exceptions.AMQPError,),
+                who='cqrs_dead_letters',
+            )
         except pika.exceptions.AMQPError as exc:
             raise CommandError(
-                f'Cannot connect to RabbitMQ at {broker_location()}: {type(exc).__name__}.'
+                f'Cannot connect to RabbitMQ at {broker_locations(nodes)}: {type(exc).__name__}.'
             ) from exc
         try:
             self._channel = self._connection.channel()
