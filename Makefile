@@ -34,7 +34,7 @@ lint: venv
 	$(VENV)/bin/ruff check --no-cache .
 	$(VENV)/bin/ruff format --no-cache --check .
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/mkdocs build --strict -q -d .run/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d .run/site
 
 pytest: venv venv42
 	PY=$(PY) PY42=$(VENV42)/bin/python scripts/run_tests.sh

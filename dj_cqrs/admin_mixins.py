@@ -19,6 +19,7 @@ class CQRSAdminMasterSyncMixin:
     """
 
     def get_actions(self, request: HttpRequest) -> dict:
+        """The admin's actions plus ``sync_items``, unless ``actions = None``."""
         actions = super().get_actions(request)
         if self.actions is None or IS_POPUP_VAR in request.GET or 'sync_items' in actions:
             return actions

@@ -11,6 +11,7 @@ class CQRSConfig(AppConfig):
     default_auto_field = 'django.db.models.AutoField'
 
     def ready(self) -> None:
+        """Run ``validate_settings()``."""
         validate_settings()
 
 

@@ -459,6 +459,11 @@ class CQRSSettings:
 
 
 cqrs_settings = CQRSSettings()
+"""The validated, defaulted view of ``settings.CQRS``, recomputed when it changes.
+
+Common keys are attributes (``cqrs_settings.queue``); the sections too
+(``cqrs_settings.master.CQRS_MESSAGE_TTL``, ``cqrs_settings.replica.dead_letter_queue``).
+"""
 
 
 def _reload_on_change(*, setting: str, **kwargs: Any) -> None:

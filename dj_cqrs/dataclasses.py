@@ -71,22 +71,27 @@ class TransportPayload:
 
     @property
     def signal_type(self) -> str:
+        """``SAVE``, ``DELETE`` or ``SYNC``."""
         return self.__signal_type
 
     @property
     def cqrs_id(self) -> str:
+        """The ``CQRS_ID`` of the model."""
         return self.__cqrs_id
 
     @property
     def instance_data(self) -> dict | None:
+        """The serialized row (SAVE, SYNC) or its key fields (DELETE)."""
         return self.__instance_data
 
     @property
     def pk(self) -> Any:
+        """The ``instance_pk``."""
         return self.__instance_pk
 
     @property
     def queue(self) -> str | None:
+        """Target queue of a direct SYNC (set on the replica from the routing key), else None."""
         return self.__queue
 
     @queue.setter
@@ -95,14 +100,17 @@ class TransportPayload:
 
     @property
     def previous_data(self) -> dict | None:
+        """Previous values of the tracked fields, or None."""
         return self.__previous_data
 
     @property
     def correlation_id(self) -> str | None:
+        """The correlation id, or None."""
         return self.__correlation_id
 
     @property
     def expires(self) -> datetime | None:
+        """When the message expires, or None for never."""
         return self.__expires
 
     @expires.setter
@@ -111,6 +119,7 @@ class TransportPayload:
 
     @property
     def retries(self) -> int:
+        """Failed attempts so far; a negative value is refused."""
         return self.__retries
 
     @retries.setter
@@ -121,6 +130,7 @@ class TransportPayload:
 
     @property
     def meta(self) -> dict | None:
+        """The ``meta`` dict of the message, or None."""
         return self.__meta
 
     def to_dict(self) -> dict:

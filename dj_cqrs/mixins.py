@@ -38,18 +38,26 @@ class RawMasterMixin(Model):
     """
 
     CQRS_ID: str | None = None
+    """Name of the entity, shared with its replicas (required)."""
     CQRS_PRODUCE = True
+    """``False``: count revisions but never publish."""
     CQRS_FIELDS: str | list[str] | tuple[str, ...] = ALL_BASIC_FIELDS
+    """Field names to publish (the pk is always added), or ``'__all__'``."""
     CQRS_SERIALIZER: str | None = None
+    """Dotted path (or class) of a serializer giving ``instance_data`` (not ``CQRS_FIELDS``)."""
     CQRS_TRACKED_FIELDS: str | list[str] | tuple[str, ...] | None = None
+    """Field names (or ``'__all__'``) whose previous values are sent as ``previous_data``."""
 
     cqrs_revision = IntegerField(
         default=0, help_text='The number of changes published for this instance.'
     )
+    """Number of changes published for the row; a replica keeps the highest it applied."""
     cqrs_updated = DateTimeField(auto_now=True, help_text='When the instance was last changed.')
+    """When the row last changed (``auto_now``)."""
 
     objects = Manager()
     cqrs = MasterManager()
+    """``MasterManager``: ``bulk_create`` and ``bulk_update`` that publish."""
 
     class Meta:
         abstract = True
@@ -399,9 +407,13 @@ class RawReplicaMixin:
     """
 
     CQRS_ID: str | None = None
+    """The master's ``CQRS_ID`` (required)."""
     CQRS_NO_DB_OPERATIONS = True
+    """No transaction and no lookup: ``cqrs_save`` and ``cqrs_delete`` do everything."""
     CQRS_META = False
+    """Pass the message's ``meta=`` to the hooks."""
     CQRS_ONLY_DIRECT_SYNCS = False
+    """Ignore SYNCs broadcast to every replica; apply only those sent to this queue."""
 
     @classmethod
     def cqrs_save(cls, master_data: dict, **kwargs: Any) -> Any:
@@ -440,15 +452,22 @@ class ReplicaMixin(RawReplicaMixin, Model, metaclass=ReplicaMeta):
     """
 
     CQRS_MAPPING: dict[str, str] | None = None
+    """``{master_field: replica_field}``; only the mapped fields are kept."""
     CQRS_CUSTOM_SERIALIZATION = False
+    """Pass the mapped data to the hooks without checking it against the model's fields."""
     CQRS_SELECT_FOR_UPDATE = False
+    """Read the existing row with ``select_for_update()``."""
     CQRS_NO_DB_OPERATIONS = False
+    """``True``: the hooks do everything, as on ``RawReplicaMixin``."""
 
     cqrs_revision = IntegerField()
+    """The master's revision of the row last applied."""
     cqrs_updated = DateTimeField()
+    """The master's ``cqrs_updated`` of the row last applied."""
 
     objects = Manager()
     cqrs = ReplicaManager()
+    """``ReplicaManager``: the default implementation of the hooks."""
 
     class Meta:
         abstract = True

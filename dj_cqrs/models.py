@@ -17,12 +17,19 @@ class CQRSOutboxMessage(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     created = models.DateTimeField(auto_now_add=True, db_index=True)
+    """When the change was written (indexed)."""
     cqrs_id = models.CharField(max_length=255)
+    """``CQRS_ID`` of the changed model."""
     instance_pk = models.CharField(max_length=255)
+    """Primary key of the changed row, as a string."""
     signal_type = models.CharField(max_length=6)
+    """``SAVE``, ``SYNC`` or ``DELETE``."""
     queue = models.CharField(max_length=255, null=True, blank=True)
+    """Target queue of a direct SYNC, else NULL."""
     previous_data = models.JSONField(null=True, blank=True)
+    """Previous values of the tracked fields (SAVE)."""
     payload = models.JSONField(null=True, blank=True)
+    """The whole message (DELETE, since the row is gone)."""
     failed_at = models.DateTimeField(null=True, blank=True)
     """When a publish of the change failed: the relay takes the row at once, whatever its age."""
 

@@ -10,6 +10,7 @@ class RegistryMixin:
     """Class-level ``{cqrs_id: model class}`` dict with registration checks."""
 
     models: dict[str, type] = {}
+    """``{cqrs_id: model class}``."""
 
     @classmethod
     def register_model(cls, model_cls: type) -> None:
@@ -49,6 +50,7 @@ class ReplicaRegistry(RegistryMixin):
 
     @classmethod
     def register_model(cls, model_cls: type) -> None:
+        """Add a replica model; requires ``settings.CQRS['queue']``."""
         if not cqrs_settings.queue:
             raise AssertionError(
                 'CQRS queue must be set for the service, that has replica models. '

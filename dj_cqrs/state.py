@@ -14,3 +14,5 @@ class _CQRSState(threading.local):
 
 
 cqrs_state = _CQRSState()
+"""A ``threading.local()``; ``cqrs_state.bulk_relate_cm`` is the thread's active
+``bulk_relate_cqrs_serialization`` block, if any."""

@@ -39,5 +39,7 @@ class _CurrentTransport:
 
 
 current_transport = _CurrentTransport()
+"""The class named by ``settings.CQRS['transport']``, resolved on every attribute access (so
+``override_settings`` applies); ``ImproperlyConfigured`` when unset."""
 
 __all__ = ['BaseTransport', 'KombuTransport', 'RabbitMQTransport', 'current_transport']

@@ -29,6 +29,7 @@ class BaseTransport:
     """
 
     consumers: dict[str, Any] = {}
+    """Kept from django-cqrs for transports that register consumers; unused by the shipped ones."""
 
     reports_delivery: bool = False
     """Whether ``produce`` reports each message's fate through ``delivery_callback``."""

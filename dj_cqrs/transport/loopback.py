@@ -23,6 +23,7 @@ class LoopbackTransport(BaseTransport):
 
     @staticmethod
     def produce(payload: TransportPayload) -> Any:
+        """Encode the payload to JSON and back, then ``consume()`` it; the hook's result."""
         body = ujson.dumps(payload.to_dict())
         received = TransportPayload.from_message(ujson.loads(body))
         received.queue = payload.queue
@@ -30,6 +31,7 @@ class LoopbackTransport(BaseTransport):
 
     @staticmethod
     def consume(payload: TransportPayload | None = None, **kwargs: Any) -> Any:
+        """Apply ``payload`` with ``dj_cqrs.controller.consumer.consume``; None without one."""
         if payload is None:
             return None
         return consumer.consume(payload)

@@ -18,6 +18,7 @@ class LoggingMixin:
 
     @staticmethod
     def log_produced(payload: TransportPayload) -> None:
+        """INFO ``CQRS is published``."""
         logger.info(
             'CQRS is published: pk = %s (%s), correlation_id = %s.',
             payload.pk,
@@ -27,6 +28,7 @@ class LoggingMixin:
 
     @staticmethod
     def log_consumed(payload: TransportPayload) -> None:
+        """INFO ``CQRS is received``."""
         logger.info(
             'CQRS is received: pk = %s (%s), correlation_id = %s.',
             payload.pk,
@@ -36,6 +38,7 @@ class LoggingMixin:
 
     @staticmethod
     def log_consumed_accepted(payload: TransportPayload) -> None:
+        """INFO ``CQRS is applied`` (also a message handled without a change)."""
         logger.info(
             'CQRS is applied: pk = %s (%s), correlation_id = %s.',
             payload.pk,
@@ -45,6 +48,7 @@ class LoggingMixin:
 
     @staticmethod
     def log_consumed_denied(payload: TransportPayload) -> None:
+        """WARNING ``CQRS is denied``: refused unapplied (for custom transports)."""
         logger.warning(
             'CQRS is denied: pk = %s (%s), correlation_id = %s.',
             payload.pk,
@@ -54,6 +58,7 @@ class LoggingMixin:
 
     @staticmethod
     def log_consumed_failed(payload: TransportPayload) -> None:
+        """WARNING ``CQRS is failed``, with ``retries``."""
         logger.warning(
             'CQRS is failed: pk = %s (%s), correlation_id = %s, retries = %s.',
             payload.pk,
@@ -64,6 +69,7 @@ class LoggingMixin:
 
     @staticmethod
     def log_delayed(payload: TransportPayload, delay: float, eta: datetime) -> None:
+        """WARNING ``CQRS is delayed``: in the delay queue for ``delay`` seconds, due at ``eta``."""
         logger.warning(
             'CQRS is delayed: pk = %s (%s), correlation_id = %s, delay = %s sec, eta = %s.',
             payload.pk,
@@ -75,6 +81,7 @@ class LoggingMixin:
 
     @staticmethod
     def log_requeued(payload: TransportPayload) -> None:
+        """WARNING ``CQRS is requeued``: republished for a retry."""
         logger.warning(
             'CQRS is requeued: pk = %s (%s), correlation_id = %s.',
             payload.pk,
@@ -84,6 +91,7 @@ class LoggingMixin:
 
     @staticmethod
     def log_dead_letter(payload: TransportPayload) -> None:
+        """WARNING ``CQRS is added to dead letter queue``."""
         logger.warning(
             'CQRS is added to dead letter queue: pk = %s (%s), correlation_id = %s.',
             payload.pk,

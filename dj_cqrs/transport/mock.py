@@ -17,8 +17,10 @@ class TransportMock(BaseTransport):
 
     @staticmethod
     def produce(payload: Any) -> Any:
+        """Return ``payload``; nothing is sent or applied."""
         return TransportMock.consume(payload)
 
     @staticmethod
     def consume(payload: Any = None, **kwargs: Any) -> Any:
+        """Return ``payload``."""
         return payload
