@@ -12,6 +12,12 @@ class CQRSConfig(AppConfig):
 
     def ready(self) -> None:
         validate_settings()
+        from dj_cqrs.conf import cqrs_settings
+
+        if cqrs_settings.metrics:
+            from dj_cqrs import metrics
+
+            metrics.enable()
 
 
 def validate_settings() -> None:
