@@ -116,6 +116,14 @@ class ReplicaMetrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self._children: dict[tuple, Any] = {}  # labelled children, looked up once
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def begin(self) -> None:
         """Start collecting the stale messages of an apply (again, after a rollback)."""
@@ -123,7 +131,7 @@ class ReplicaMetrics:
         _stale = []
 
     def count(self, cqrs_id: str, signal_type: str, outcome: str, amount: int = 1) -> None:
-        self.messages.labels(cqrs_id, signal_type, outcome).inc(amount)
+        self._child(self.messages, cqrs_id, signal_type, outcome).inc(amount)
 
     def applied(self, payloads: list[Any], elapsed: float) -> None:
         """Record the messages of a batch that were applied (or found stale)."""
@@ -162,9 +170,9 @@ class ReplicaMetrics:
                 self.count(cqrs_id, signal_type, STALE, old)
             per_model[cqrs_id] += amount
         for cqrs_id, amount in per_model.items():
-            _observe_many(self.apply_duration.labels(cqrs_id), [per_message] * amount)
+            _observe_many(self._child(self.apply_duration, cqrs_id), [per_message] * amount)
         for cqrs_id, values in lags.items():
-            _observe_many(self.lag.labels(cqrs_id), values)
+            _observe_many(self._child(self.lag, cqrs_id), values)
 
     def batch(self, size: int) -> None:
         self.batch_size.observe(size)
