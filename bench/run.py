@@ -167,9 +167,22 @@ def _clear_replica(env: dict[str, str]) -> None:
         db.rows('DELETE FROM benchapp_benchreplica RETURNING id')
 
 
+# ``--metrics``: the consumers are started with ``--metrics-port`` (Prometheus metrics on).
+METRICS = {'on': False}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
 def _start_consumer(replica_env: dict[str, str], workers: int) -> subprocess.Popen:
+    metrics = ['--metrics-port', str(_free_port())] if METRICS['on'] else []
     process = subprocess.Popen(
-        [sys.executable, '-m', 'django', 'cqrs_consume', '-w', str(workers)],
+        [sys.executable, '-m', 'django', 'cqrs_consume', '-w', str(workers), *metrics],
         env=replica_env,
         cwd=ROOT,
     )
@@ -366,26 +379,46 @@ COMPARED = (
 )
 
 
+def compare_metrics(args: argparse.Namespace, replica_env: dict[str, str]) -> dict:
+    """The consume measures with metrics off and on, alternated ``--rounds`` times."""
+    measures = {
+        'consume_msgs_per_s_1_worker': lambda: bench_consume(args.consume_n, 1, replica_env),
+        'consume_msgs_per_s_2_workers': lambda: bench_consume(args.consume_n, 2, replica_env),
+        'consume_updates_msgs_per_s_1_worker': lambda: bench_consume(
+            args.consume_n, 1, replica_env, updates=True
+        ),
+    }
+    runs: dict = {f'{key}_metrics_{state}': [] for key in measures for state in ('off', 'on')}
+    for round_ in range(args.rounds):
+        for key, measure in measures.items():
+            states = ('off', 'on') if round_ % 2 == 0 else ('on', 'off')
+            for state in states:
+                METRICS['on'] = state == 'on'
+                runs[f'{key}_metrics_{state}'].append(measure())
+    METRICS['on'] = False
+    result: dict = {'consume_n': args.consume_n, 'rounds': args.rounds, 'runs': runs}
+    for key in measures:
+        off = statistics.median(runs[f'{key}_metrics_off'])
+        on = statistics.median(runs[f'{key}_metrics_on'])
+        result[f'{key}_metrics_off'] = round(off)
+        result[f'{key}_metrics_on'] = round(on)
+        result[f'{key}_on_vs_off'] = round(on / off, 3)
+    return result
+
+
 def run_once(args: argparse.Namespace, url: str | None, queue_type: str) -> dict:
     with tempfile.TemporaryDirectory(prefix='cqrs-bench-') as tmp:
         replica_env = _setup(Path(tmp), args.database, url, queue_type)
         _declare_and_purge()
+        METRICS['on'] = args.metrics == 'on'
         result: dict = {'n': args.n, 'database': args.database, 'broker': 'rabbitmq'}
         if url:
             result['nodes'] = len([item for item in url.split(';') if item.strip()])
         result['queue_type'] = queue_type
-        result.update(bench_autocommit(args.n))
-        _declare_and_purge()
-        result.update(bench_transaction(args.n))
-        _declare_and_purge()
-        result.update(bench_outbox(args.n))
-        result['consume_n'] = args.consume_n
-        result['consume_msgs_per_s_1_worker'] = bench_consume(args.consume_n, 1, replica_env)
-        result['consume_msgs_per_s_2_workers'] = bench_consume(args.consume_n, 2, replica_env)
-        result['consume_updates_msgs_per_s_1_worker'] = bench_consume(
-            args.consume_n, 1, replica_env, updates=True
-        )
-        result.update(bench_latency(replica_env))
+        if args.metrics == 'compare':
+            result.update(compare_metrics(args, replica_env))
+        else:
+            _bench_all(args, replica_env, result)
         from dj_cqrs.conf import cqrs_settings
 
         connection, channel = _channel()
@@ -395,6 +428,21 @@ def run_once(args: argparse.Namespace, url: str | None, queue_type: str) -> dict
         connection.close()
         _teardown(replica_env)
     return result
+
+
+def _bench_all(args: argparse.Namespace, replica_env: dict[str, str], result: dict) -> None:
+    result.update(bench_autocommit(args.n))
+    _declare_and_purge()
+    result.update(bench_transaction(args.n))
+    _declare_and_purge()
+    result.update(bench_outbox(args.n))
+    result['consume_n'] = args.consume_n
+    result['consume_msgs_per_s_1_worker'] = bench_consume(args.consume_n, 1, replica_env)
+    result['consume_msgs_per_s_2_workers'] = bench_consume(args.consume_n, 2, replica_env)
+    result['consume_updates_msgs_per_s_1_worker'] = bench_consume(
+        args.consume_n, 1, replica_env, updates=True
+    )
+    result.update(bench_latency(replica_env))
 
 
 def run_both(args: argparse.Namespace, url: str | None) -> list[dict]:
@@ -437,6 +485,14 @@ def main() -> None:
         default='classic',
         help="CQRS['replica']['queue_type'] of the replica queue; 'both' compares the two",
     )
+    parser.add_argument(
+        '--metrics',
+        choices=['off', 'on', 'compare'],
+        default='off',
+        help="consumers with --metrics-port ('on'); 'compare': only the consume measures, "
+        'metrics off and on alternated --rounds times, medians and ratios',
+    )
+    parser.add_argument('--rounds', type=int, default=3, help='rounds of --metrics compare')
     args = parser.parse_args()
     cluster = None
     url = args.url

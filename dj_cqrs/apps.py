@@ -13,6 +13,12 @@ class CQRSConfig(AppConfig):
     def ready(self) -> None:
         """Run ``validate_settings()``."""
         validate_settings()
+        from dj_cqrs.conf import cqrs_settings
+
+        if cqrs_settings.metrics:
+            from dj_cqrs import metrics
+
+            metrics.enable()
 
 
 def validate_settings() -> None:

@@ -56,6 +56,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     'consumer_prefetch_count': constants.DEFAULT_CONSUMER_PREFETCH_COUNT,
     'publisher_confirms': True,
     'ssl_options': None,
+    'metrics': False,
 }
 
 MASTER_DEFAULTS: dict[str, Any] = {
@@ -301,6 +302,7 @@ _RULES: dict[tuple[str | None, str], Callable[[str, Any], Any]] = {
     (None, 'consumer_prefetch_count'): _number(0),
     (None, 'publisher_confirms'): _bool_or_default(True),
     (None, 'ssl_options'): _ssl_options,
+    (None, 'metrics'): _bool_or_default(False),
     ('master', 'CQRS_AUTO_UPDATE_FIELDS'): _strict_bool,
     ('master', 'CQRS_MESSAGE_TTL'): _legacy_int(
         1, 'keep', 'Settings CQRS_MESSAGE_TTL=%s is invalid, using default %s.'

@@ -9,9 +9,9 @@ from django.db import Error, IntegrityError, connections, router, transaction
 from django.db.models import F, Manager, Model, QuerySet, signals
 from django.utils import timezone
 
-from dj_cqrs import tombstones
+from dj_cqrs import metrics, tombstones
 from dj_cqrs._logging import logger
-from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME
+from dj_cqrs.constants import FIELDS_TRACKER_FIELD_NAME, SignalType
 from dj_cqrs.logger import log_timed_out_queries
 from dj_cqrs.utils import get_json_valid_value
 
@@ -118,6 +118,7 @@ class ReplicaManager(Manager):
             new = tombstones.mark(mapped_data)
             if tombstones.is_stale(new, tombstone):
                 _log_deleted(pk_value, mapped_data, tombstone, cqrs_id)
+                metrics.note_stale(cqrs_id, _signal_type(sync))
                 return True
         created = self.create_instance(mapped_data, mapped_previous_data, sync, meta)
         if created and tombstone is not None:
@@ -258,6 +259,7 @@ class ReplicaManager(Manager):
         pk_field = model._meta.pk
         revision_field = model._meta.get_field('cqrs_revision')
         log = _DeferredLog()
+        stale: list[bool] = []  # the sync flag of each message found stale
         results: list[Any] = [None] * len(messages)
         plan: list[tuple[int, bool, Any, dict, bool]] = []
         for index, (is_delete, data, sync) in enumerate(messages):
@@ -314,6 +316,7 @@ class ReplicaManager(Manager):
             if row.obj is None and row.tombstone is not None:
                 if tombstones.is_stale(tombstones.mark(mapped), row.tombstone):
                     _log_deleted(pk, mapped, row.tombstone, model.CQRS_ID, log)
+                    stale.append(sync)
                     results[index] = True
                     continue
                 row.tombstone, row.tombstone_changed = None, True
@@ -330,12 +333,16 @@ class ReplicaManager(Manager):
                     setattr(row.obj, name, value)
                 row.revision = revision
                 row.changed = row.stored
+            else:
+                stale.append(sync)
             results[index] = row.obj
 
         self._write_batch(using, rows.items())
         if buried:
             self._write_batch_tombstones(using, rows.items())
         log.replay()
+        for sync in stale:
+            metrics.note_stale(model.CQRS_ID, _signal_type(sync))
         return results
 
     def _load_batch_tombstones(self, plan: list, rows: dict) -> None:
@@ -456,6 +463,7 @@ class ReplicaManager(Manager):
         cqrs_id = self.model.CQRS_ID
         new = mapped_data['cqrs_revision']
         if not _revision_allows_update(pk_value, new, instance.cqrs_revision, sync, cqrs_id):
+            metrics.note_stale(cqrs_id, _signal_type(sync))
             return instance
         try:
             with transaction.atomic(using=self._write_db):
@@ -755,6 +763,10 @@ def _revision_allows_update(
             cqrs_id,
         )
     return True
+
+
+def _signal_type(sync: bool) -> str:
+    return SignalType.SYNC if sync else SignalType.SAVE
 
 
 def _has_cqrs_fields(master_data: dict, cqrs_id: str, log: Any = logger) -> bool:

@@ -11,7 +11,7 @@ left (broker down, process killed between commit and publish) is published by
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from django.db import connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from dj_cqrs import metrics
 from dj_cqrs._logging import logger
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import _outbox, producer
@@ -89,12 +90,12 @@ def relay_batch(using: str, batch_size: int = 500, min_age: float = 5.0) -> int:
             rows = list(queryset.order_by('id')[:batch_size])
             if not rows:
                 return 0
-            sent = 0
+            sent: list[str] = []  # the CQRS_ID of each message sent
             for row_id, payload in _payloads(using, rows):
                 if payload is None:
                     confirmed.add(row_id)
                 elif producer.dispatch(payload, lambda row_id=row_id: confirmed.add(row_id)):
-                    sent += 1
+                    sent.append(payload.cqrs_id)
                 else:
                     raise RelayError(f'{payload.signal_type} {payload.cqrs_id} {payload.pk}')
             if not producer.flush():
@@ -102,7 +103,10 @@ def relay_batch(using: str, batch_size: int = 500, min_age: float = 5.0) -> int:
             _outbox.delete(using, confirmed.close())
     finally:
         confirmed.close()
-    logger.info('CQRS outbox relay: %s messages published from %s.', sent, using)
+    if metrics.master is not None:
+        for cqrs_id, amount in Counter(sent).items():
+            metrics.master.relayed.labels(cqrs_id).inc(amount)
+    logger.info('CQRS outbox relay: %s messages published from %s.', len(sent), using)
     return len(rows)
 
 

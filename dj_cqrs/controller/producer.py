@@ -16,7 +16,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 from django.utils import timezone
 
-from dj_cqrs import _on_commit
+from dj_cqrs import _on_commit, metrics
 from dj_cqrs._logging import logger
 from dj_cqrs.constants import DELETED_ATTR, SignalType
 from dj_cqrs.controller import _outbox
@@ -34,7 +34,16 @@ _OUTBOX_ATTR = '_cqrs_outbox_ref'
 
 def produce(payload: TransportPayload) -> Any:
     """Publish ``payload`` through ``settings.CQRS['transport']``; False if it was not sent."""
-    return current_transport.produce(payload)
+    recorder = metrics.master
+    if recorder is None:
+        return current_transport.produce(payload)
+    try:
+        result = current_transport.produce(payload)
+    except Exception:
+        recorder.produced(payload, False)
+        raise
+    recorder.produced(payload, result)
+    return result
 
 
 def produce_many(payloads: Sequence[TransportPayload]) -> list[Any]:
@@ -43,7 +52,18 @@ def produce_many(payloads: Sequence[TransportPayload]) -> list[Any]:
     many = getattr(current_transport, 'produce_many', None)
     if many is None or not _sends_as_produce(getattr(many, '__self__', None)):
         return [produce(payload) for payload in payloads]
-    return many(payloads)
+    recorder = metrics.master
+    if recorder is None:
+        return many(payloads)
+    try:
+        results = many(payloads)
+    except Exception:
+        for payload in payloads:
+            recorder.produced(payload, False)
+        raise
+    for payload, result in zip(payloads, results, strict=False):
+        recorder.produced(payload, result)
+    return results
 
 
 def _sends_as_produce(transport: Any) -> bool:
@@ -72,13 +92,36 @@ def dispatch(
     not return False counts as delivered. Returns whether the transport took the payload;
     what the transport raises propagates.
     """
+    recorder = metrics.master
+    keeps = delivered is not None  # a message with a callback is kept until it is delivered
+    if recorder is not None:
+        delivered, failed = _metered(recorder, payload.cqrs_id, delivered, failed)
     reports = delivered is not None and getattr(current_transport, 'reports_delivery', False)
     if reports:
-        set_delivery_callback(payload, _DeliveryReport(delivered, failed))
+        set_delivery_callback(payload, _DeliveryReport(delivered, failed, keeps))
     sent = produce(payload) is not False
     if sent and delivered is not None and not reports:
         delivered()
     return sent
+
+
+def _metered(
+    recorder: Any,
+    cqrs_id: str,
+    delivered: Callable[[], Any] | None,
+    failed: Callable[[], Any] | None,
+) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """``delivered`` and ``failed`` that count confirmed and failed messages first."""
+
+    def on_delivered() -> Any:
+        recorder.confirmed.labels(cqrs_id).inc()
+        return None if delivered is None else delivered()
+
+    def on_failed() -> Any:
+        recorder.failed.labels(cqrs_id).inc()
+        return None if failed is None else failed()
+
+    return on_delivered, on_failed
 
 
 def flush() -> bool:
@@ -89,13 +132,22 @@ def flush() -> bool:
 
 class _DeliveryReport:
     """The callback a reporting transport gets: ``delivered()`` on the first True,
-    ``failed()`` on the first False before it."""
+    ``failed()`` on the first False before it.
 
-    __slots__ = ('_delivered', '_failed')
+    ``keeps`` is False when the callback only counts (metrics): the transport then treats the
+    message as one without a callback (``keeps_message``)."""
 
-    def __init__(self, delivered: Callable[[], Any], failed: Callable[[], Any] | None) -> None:
+    __slots__ = ('_delivered', '_failed', 'keeps_message')
+
+    def __init__(
+        self,
+        delivered: Callable[[], Any],
+        failed: Callable[[], Any] | None,
+        keeps: bool = True,
+    ) -> None:
         self._delivered: Callable[[], Any] | None = delivered
         self._failed = failed
+        self.keeps_message = keeps
 
     def __call__(self, ok: bool) -> None:
         if not ok:

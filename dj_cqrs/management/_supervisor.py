@@ -19,10 +19,15 @@ from dj_cqrs.conf import CQRSConfigurationError
 # Exit code of a worker stopped by a configuration error (sysexits EX_CONFIG): not restarted.
 EXIT_CONFIGURATION_ERROR = 78
 
+# The metrics endpoint of the running supervisor (``--metrics-port``), inherited by the workers.
+_metrics_server = None
+
 
 def _worker_main(cqrs_ids: Sequence[str] | None) -> None:
     from dj_cqrs.transport import current_transport
 
+    if _metrics_server is not None:
+        _metrics_server.close_in_child()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     try:
@@ -41,6 +46,9 @@ class Supervisor:
     file) restarts all of them. Stopping sends SIGINT, waits ``sigint_timeout`` seconds for
     the workers to finish the message in hand, then SIGKILLs what is left and waits
     ``sigkill_timeout`` more.
+
+    With ``metrics_port``, the workers record Prometheus metrics (``dj_cqrs.metrics``) and this
+    process serves their sum on ``metrics_host:metrics_port``.
     """
 
     poll_interval = 0.2
@@ -55,6 +63,8 @@ class Supervisor:
         sigint_timeout: float = 5,
         sigkill_timeout: float = 1,
         target: Callable[[Sequence[str] | None], None] = _worker_main,
+        metrics_port: int | None = None,
+        metrics_host: str = '',
     ) -> None:
         self.workers = workers
         self.cqrs_ids = cqrs_ids
@@ -69,6 +79,9 @@ class Supervisor:
         self._reload = threading.Event()
         self._failures: dict[int, tuple[int, float]] = {}
         self._configuration_error = False
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self._metrics = None
 
     def run(self) -> None:
         """Run until stopped by a signal."""
@@ -77,8 +90,10 @@ class Supervisor:
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         if self.watch:
             threading.Thread(target=self._watch_files, daemon=True).start()
-        self._processes = [self._start(index) for index in range(self.workers)]
+        if self.metrics_port is not None:
+            self._start_metrics()
         try:
+            self._processes = [self._start(index) for index in range(self.workers)]
             while not self._stop.is_set():
                 self._stop.wait(self.poll_interval)
                 if self._reload.is_set():
@@ -90,10 +105,35 @@ class Supervisor:
                 self._restart_dead()
         finally:
             self._stop_all()
+            self._stop_metrics()
         if self._configuration_error:
             raise CommandError(
                 'A CQRS consumer worker stopped on a configuration error (logged above).'
             )
+
+    def _start_metrics(self) -> None:
+        global _metrics_server
+        from django.core.exceptions import ImproperlyConfigured
+
+        from dj_cqrs.metrics import MetricsServer
+
+        try:
+            self._metrics = MetricsServer(self.metrics_port, self.metrics_host).start()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        except OSError as exc:
+            raise CommandError(f'Cannot serve metrics on port {self.metrics_port}: {exc}') from None
+        _metrics_server = self._metrics
+
+    def _stop_metrics(self) -> None:
+        global _metrics_server
+        if self._metrics is not None:
+            self._metrics.stop()
+            self._metrics = _metrics_server = None
+
+    def _process_dead(self, process) -> None:
+        if self._metrics is not None:
+            self._metrics.process_dead(process.pid)
 
     def _start(self, index: int):
         connections.close_all()
@@ -129,6 +169,7 @@ class Supervisor:
             )
             backoff = min(self.restart_backoff_max, 0.5 * 2**count)
             self._failures[index] = (count + 1, now + backoff)
+            self._process_dead(process)
             self._processes[index] = self._start(index)
 
     def _stop_all(self) -> None:
@@ -144,6 +185,8 @@ class Supervisor:
             _signal(process.pid, signal.SIGKILL)
         for process in stragglers:
             process.join(self.sigkill_timeout)
+        for process in alive:
+            self._process_dead(process)
         self._processes = []
 
     def _watch_files(self) -> None:

@@ -25,7 +25,7 @@ from django.db import DEFAULT_DB_ALIAS, Error, connections, router, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from dj_cqrs import tombstones
+from dj_cqrs import metrics, tombstones
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.controller import consumer
@@ -122,6 +122,10 @@ class Worker:
         ready = [d for d in deliveries if self._prepare(d)]
         if not ready:
             return
+        recorder = metrics.replica
+        if recorder is not None:
+            recorder.begin()
+            started = time.perf_counter()
         connections[self._batch_db(ready)].close_if_unusable_or_obsolete()
         outcomes: list[tuple[Delivery, Any, BaseException | None]] = []
         if len(ready) == 1:
@@ -136,7 +140,15 @@ class Worker:
                 ]
             except Exception as exc:
                 logger.error('CQRS batch of %s messages failed to commit: %s', len(ready), exc)
+                if recorder is not None:
+                    recorder.begin()
                 outcomes = [self._apply(delivery) for delivery in ready]
+        if recorder is not None:
+            recorder.batch(len(ready))
+            recorder.applied(
+                [delivery.payload for delivery, result, _ in outcomes if result],
+                time.perf_counter() - started,
+            )
         self._ack_all([delivery.handle for delivery, result, _ in outcomes if result])
         for delivery, result, exc in outcomes:
             if result:
@@ -189,6 +201,8 @@ class Worker:
             logger.error(error)
             self._unsettled.pop(delivery.handle, None)
             self.reject(delivery.handle)
+            if metrics.replica is not None:
+                metrics.replica.count('', '', metrics.REJECTED)
             return False
         payload.queue = queue_from_routing_key(delivery.routing_key, payload.cqrs_id)
         delivery.payload = payload
@@ -232,6 +246,8 @@ class Worker:
         message = DelayMessage(delivery.handle, payload, timezone.now() + timedelta(seconds=delay))
         self.delay_queue.put(message)
         self.transport.log_delayed(payload, delay, message.eta)
+        if metrics.replica is not None:
+            metrics.replica.count(payload.cqrs_id, payload.signal_type, metrics.RETRIED)
 
     def _ack(self, handle: Any) -> None:
         self._unsettled.pop(handle, None)
@@ -266,6 +282,8 @@ class Worker:
         self.publish(routing_key, ujson.dumps(payload.to_dict()), dead_letter_expiration())
         self._ack(delivery.handle)
         self.transport.log_dead_letter(payload)
+        if metrics.replica is not None:
+            metrics.replica.count(payload.cqrs_id, payload.signal_type, metrics.DEAD_LETTERED)
 
 
 def _replica_databases() -> list[str]:

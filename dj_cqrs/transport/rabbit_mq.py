@@ -304,7 +304,12 @@ class _Publisher:
     def _publish_batch(self, messages: list[_Message], sent: list[int]) -> None:
         """Publish ``messages[sent[0]:]``, counting in ``sent[0]``: their AMQP frames are
         written to the socket together."""
-        self._ensure_open(fail_fast=any(m.on_delivery is not None for m in messages))
+        # A callback that only counts (metrics) does not make the message one that is kept.
+        self._ensure_open(
+            fail_fast=any(
+                getattr(m.on_delivery, 'keeps_message', m.on_delivery is not None) for m in messages
+            )
+        )
         pending = messages[sent[0] :]
         if len(pending) == 1 or not _writes_frames(self._connection):
             for message in pending:

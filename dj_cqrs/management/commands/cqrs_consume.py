@@ -52,12 +52,27 @@ class Command(BaseCommand):
             const=1,
             help='Seconds to wait for a worker after SIGKILL (1).',
         )
+        parser.add_argument(
+            '--metrics-port',
+            type=int,
+            default=None,
+            help='Serve the Prometheus metrics of the workers on this port '
+            '(needs django-cqrs[metrics]).',
+        )
+        parser.add_argument(
+            '--metrics-host',
+            default='',
+            help='Address the metrics endpoint listens on (all interfaces).',
+        )
 
     def handle(self, *args, **options):
         workers = options['workers']
         if workers < 1:
             raise CommandError(f'--workers must be at least 1, not {workers}.')
         cqrs_ids = options['cqrs_id'] or None
+        metrics_port = options['metrics_port']
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            raise CommandError(f'--metrics-port must be a port number, not {metrics_port}.')
         if not ReplicaRegistry.models:
             raise CommandError('This service has no replica models to consume for.')
         for cqrs_id in cqrs_ids or ():
@@ -75,6 +90,8 @@ class Command(BaseCommand):
             ignore_paths=ignore_paths,
             sigint_timeout=_or_default(options['sigint_timeout'], 5),
             sigkill_timeout=_or_default(options['sigkill_timeout'], 1),
+            metrics_port=metrics_port,
+            metrics_host=options['metrics_host'],
         ).run()
 
 
