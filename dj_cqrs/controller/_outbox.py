@@ -17,6 +17,7 @@ import atexit
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import ujson
@@ -90,49 +91,15 @@ def delete(using: str, ids: list[int]) -> None:
     CQRSOutboxMessage.objects.using(using).filter(id__in=ids)._raw_delete(using)
 
 
-class _Delivered:
-    """Outbox rows whose messages were delivered, deleted in batches."""
+class _RowBatch:
+    """Outbox row ids gathered from any thread and written in one statement per database.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids: dict[str, list[int]] = defaultdict(list)
-        self._count = 0
-        self._last_flush = time.monotonic()
+    ``write(using, ids)`` does the work; ``failure`` is the warning logged when it fails.
+    """
 
-    def add(self, ref: OutboxRef) -> None:
-        with self._lock:
-            self._ids[ref[0]].append(ref[1])
-            self._count += 1
-
-    def flush_due(self) -> None:
-        if self._count and (
-            self._count >= _DELETE_BATCH or time.monotonic() - self._last_flush >= _DELETE_INTERVAL
-        ):
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._count:
-            return
-        with self._lock:
-            pending, self._ids = self._ids, defaultdict(list)
-            self._count = 0
-            self._last_flush = time.monotonic()
-        for using, ids in pending.items():
-            try:
-                delete(using, ids)
-            except Exception as exc:
-                logger.warning(
-                    'CQRS outbox: %s confirmed rows could not be deleted (%s); the relay will '
-                    'publish them again.',
-                    len(ids),
-                    exc,
-                )
-
-
-class _Failed:
-    """Outbox rows whose publish failed, marked ``failed_at`` in one UPDATE per database."""
-
-    def __init__(self) -> None:
+    def __init__(self, write: Callable[[str, list[int]], None], failure: str) -> None:
+        self._write = write
+        self._failure = failure
         self._lock = threading.Lock()
         self._ids: dict[str, list[int]] = defaultdict(list)
         self._count = 0
@@ -150,6 +117,7 @@ class _Failed:
             self.flush()
 
     def flush(self, ref: OutboxRef | None = None) -> None:
+        """Write the rows gathered so far, and ``ref`` with them."""
         with self._lock:
             if not self._count and ref is None:
                 return
@@ -160,14 +128,9 @@ class _Failed:
             pending[ref[0]].append(ref[1])
         for using, ids in pending.items():
             try:
-                _mark_failed(using, ids)
+                self._write(using, ids)
             except Exception as exc:
-                logger.warning(
-                    'CQRS outbox: %s rows could not be marked as failed (%s); the relay will '
-                    'publish them once they are old enough.',
-                    len(ids),
-                    exc,
-                )
+                logger.warning(self._failure, len(ids), exc)
 
 
 def _mark_failed(using: str, ids: list[int]) -> None:
@@ -185,8 +148,15 @@ def _mark_failed(using: str, ids: list[int]) -> None:
             )
 
 
-_delivered = _Delivered()
-_failed = _Failed()
+_delivered = _RowBatch(
+    delete,
+    'CQRS outbox: %s confirmed rows could not be deleted (%s); the relay will publish them again.',
+)
+_failed = _RowBatch(
+    _mark_failed,
+    'CQRS outbox: %s rows could not be marked as failed (%s); the relay will publish them once '
+    'they are old enough.',
+)
 atexit.register(_delivered.flush)
 atexit.register(_failed.flush)
 

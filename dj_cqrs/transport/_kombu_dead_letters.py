@@ -15,12 +15,13 @@ import kombu
 from dj_cqrs.transport._lifecycle import connect_first_live
 from dj_cqrs.transport.kombu import (
     KombuTransport,
+    _connection,
     _errors,
     _exchange,
     _location,
     _node_urls,
+    _open,
     _publish_kwargs,
-    _ssl_option,
 )
 
 
@@ -43,12 +44,12 @@ class KombuDeadLetters:
         """Connect to the first node of ``CQRS['url']`` that answers (in failover order, as the
         transport does) and declare the replica's queues; ``DeadLetterError`` when none does."""
         urls = _node_urls()
-        connections = [self._connection_to(url) for url in urls]
+        connections = [_connection(url, confirm=True) for url in urls]
         self.location = ', '.join(c.as_uri(include_password=False) for c in connections)
         errors = _errors(connections[0])
         try:
             _index, connection = connect_first_live(
-                lambda index: self._open(connections[index], single=len(urls) == 1),
+                lambda index: _open(urls[index], single=len(urls) == 1, confirm=True),
                 [_location(connection) for connection in connections],
                 0,
                 errors,
@@ -69,23 +70,6 @@ class KombuDeadLetters:
         self._connection, self._channel = connection, channel
         self._producer = kombu.Producer(connection.channel(), exchange=_exchange())
         return self
-
-    @staticmethod
-    def _connection_to(url: str | None) -> kombu.Connection:
-        """A (not yet open) connection to one node, publishing with confirms."""
-        return kombu.Connection(
-            url, transport_options={'confirm_publish': True}, ssl=_ssl_option(url)
-        )
-
-    @staticmethod
-    def _open(connection: kombu.Connection, single: bool) -> kombu.Connection:
-        """Open ``connection``: retried once for a single node, else one attempt."""
-        try:
-            connection.ensure_connection(max_retries=1 if single else 0)
-        except Exception:
-            connection.release()
-            raise
-        return connection
 
     def count(self) -> int:
         """Dead letters in the queue now."""

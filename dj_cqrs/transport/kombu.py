@@ -41,16 +41,21 @@ def _node_urls() -> list[str | None]:
     return broker_urls(cqrs_settings.url) or [None]
 
 
-def _connection(url: str | None = None) -> kombu.Connection:
-    """A (not yet open) connection to one node: ``url``, by default the first one."""
+def _connection(url: str | None = None, confirm: bool | None = None) -> kombu.Connection:
+    """A (not yet open) connection to one node: ``url``, by default the first one.
+
+    It publishes with confirms when ``confirm`` says so (default: ``publisher_confirms``).
+    """
     url = url or _node_urls()[0]
-    transport_options = {'confirm_publish': bool(cqrs_settings.publisher_confirms)}
+    if confirm is None:
+        confirm = bool(cqrs_settings.publisher_confirms)
+    transport_options = {'confirm_publish': confirm}
     return kombu.Connection(url, transport_options=transport_options, ssl=_ssl_option(url))
 
 
-def _open(url: str | None, single: bool = True) -> kombu.Connection:
+def _open(url: str | None, single: bool = True, confirm: bool | None = None) -> kombu.Connection:
     """An open connection to ``url``; one attempt when it is one of several nodes."""
-    connection = _connection(url)
+    connection = _connection(url, confirm)
     try:
         connection.ensure_connection(max_retries=1 if single else 0)
     except Exception:
