@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.transport.private_broker import SERVER, PrivateBroker, port_open
+from tests.transport.private_broker import PrivateBroker, port_open
 
 QUEUES = Path('/usr/lib/rabbitmq/bin/rabbitmq-queues')
 
@@ -36,33 +35,13 @@ class ClusterNode(PrivateBroker):
     at once (a crash, as opposed to ``stop_app()``) and the teardown leaves nothing behind.
     """
 
+    own_process_group = True
+
     def __init__(self, base: Path, home: Path, index: int) -> None:
         super().__init__(base)
         self.index = index
         self.node = f'{self.node.split("@")[0]}n{index}@localhost'
         self.env.update(HOME=str(home), RABBITMQ_NODENAME=self.node)
-
-    def start(self) -> ClusterNode:
-        log = (self.base / 'server.log').open('a')
-        self.process = subprocess.Popen(
-            [str(SERVER)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                self.ctl('await_startup', timeout=180)
-                break
-            except RuntimeError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log_text = (self.base / 'server.log').read_text()[-3000:]
-                    raise RuntimeError(f'RabbitMQ node {self.node} did not start:\n{log_text}')
-                time.sleep(0.5)
-        self._wait_port(self.port, True)
-        return self
 
     @property
     def running(self) -> bool:

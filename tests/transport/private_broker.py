@@ -88,6 +88,9 @@ def make_certificates(directory: Path) -> dict[str, str]:
 class PrivateBroker:
     """Start, stop and administer a RabbitMQ node of this test run."""
 
+    # Whether the node runs in a process group of its own (so it can be killed as a whole).
+    own_process_group = False
+
     def __init__(self, base: Path, tls: bool = False) -> None:
         if not SERVER.exists():
             raise RuntimeError(f'{SERVER} is missing: install the rabbitmq-server package')
@@ -143,7 +146,11 @@ class PrivateBroker:
     def start(self) -> PrivateBroker:
         log = (self.base / 'server.log').open('a')
         self.process = subprocess.Popen(
-            [str(SERVER)], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [str(SERVER)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.own_process_group,
         )
         deadline = time.monotonic() + 180
         while True:
