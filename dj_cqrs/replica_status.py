@@ -137,9 +137,7 @@ def purge(using: str, now: datetime | None = None) -> int:
 def _later(table: str, column: str, quote: Any) -> str:
     """``column = the later of the stored and the new value`` (a NULL is never the later)."""
     old, new = f'{quote(table)}.{quote(column)}', f'EXCLUDED.{quote(column)}'
-    return (
-        f'{quote(column)} = CASE WHEN {old} IS NULL OR {new} > {old} THEN {new} ELSE {old} END'
-    )
+    return f'{quote(column)} = CASE WHEN {old} IS NULL OR {new} > {old} THEN {new} ELSE {old} END'
 
 
 def _values(connection: Any, rows: list[tuple], datetimes: tuple[int, ...]) -> tuple[str, list]:
