@@ -70,6 +70,12 @@ def inspect(transport: type, names: list[str]) -> tuple[str, list[QueueFigures]]
 
 
 def _reason(exc: BaseException) -> str:
+    """``<error class>: <message>`` of the innermost error (pika wraps the socket's)."""
+    while True:
+        inner = exc.args[0] if exc.args else getattr(exc, 'exception', None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
     return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
 
@@ -100,7 +106,7 @@ def _rabbitmq(names: list[str]) -> tuple[str, list[QueueFigures]]:
             except pika_exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code != 404:
                     raise
-                counts[name] = (0, 0)  # not declared yet: nothing in it
+                counts[name] = None  # not declared yet: nothing in it
                 channel = connection.channel()
     except (pika_exceptions.AMQPError, OSError) as exc:
         raise BrokerUnreachable(broker_location(params), _reason(exc)) from exc
@@ -109,18 +115,14 @@ def _rabbitmq(names: list[str]) -> tuple[str, list[QueueFigures]]:
             connection.close()
     credentials = params.credentials
     unacked = _management_unacked(
-        names,
+        [name for name in names if counts[name] is not None],
         params.host,
         bool(params.ssl_options),
         params.virtual_host,
         getattr(credentials, 'username', None),
         getattr(credentials, 'password', None),
     )
-    figures = [
-        QueueFigures(name, ready, unacked.get(name), consumers)
-        for name, (ready, consumers) in counts.items()
-    ]
-    return broker_location(params), figures
+    return broker_location(params), _figures(counts, unacked)
 
 
 def _kombu(names: list[str]) -> tuple[str, list[QueueFigures]]:
@@ -159,19 +161,26 @@ def _kombu_figures(connection: kombu.Connection, info: dict, names: list[str]) -
         except connection.channel_errors as exc:
             if getattr(exc, 'code', None) != 404 and getattr(exc, 'reply_code', None) != 404:
                 raise
-            counts[name] = (0, 0)
+            counts[name] = None
             channel = connection.channel()
     unacked = _management_unacked(
-        names,
+        [name for name in names if counts[name] is not None],
         info['hostname'],
         bool(info.get('ssl')),
         info['virtual_host'],
         info.get('userid'),
         info.get('password'),
     )
+    return _figures(counts, unacked)
+
+
+def _figures(counts: dict[str, tuple[int, int] | None], unacked: dict[str, int]) -> list:
+    """Figures from the passive declares (None: no such queue, so empty) and the API."""
     return [
-        QueueFigures(name, ready, unacked.get(name), consumers)
-        for name, (ready, consumers) in counts.items()
+        QueueFigures(name, 0, 0, 0)
+        if count is None
+        else QueueFigures(name, count[0], unacked.get(name), count[1])
+        for name, count in counts.items()
     ]
 
 
