@@ -334,10 +334,12 @@ def lagging(broker, monkeypatch):
         ([], 0, None),
         (['--max-lag', '12', '--max-ready', '4', '--max-dead-letters', '3'], 0, None),
         (['--max-outbox-age', '31'], 0, None),
-        (['--max-lag', '11.5'], 1, 'lag of simplest is 12.0 s with 5 message(s) waiting, over --max-lag 11.5'),
+        (['--max-lag', '11.5'], 1,
+         'lag of simplest is 12.0 s with 5 message(s) waiting, over --max-lag 11.5'),
         (['--max-ready', '3'], 1, '4 ready message(s) in replica, over --max-ready 3'),
         (['--max-dead-letters', '2'], 1, '3 dead letter(s), over --max-dead-letters 2'),
-        (['--max-outbox-age', '29'], 1, 'oldest outbox row of database default is 30.0 s old, over --max-outbox-age 29'),
+        (['--max-outbox-age', '29'], 1,
+         'oldest outbox row of database default is 30.0 s old, over --max-outbox-age 29'),
     ],
 )  # fmt: skip
 def test_item_01_thresholds_exit_status_and_the_line_naming_it(lagging, args, code, line):
