@@ -98,6 +98,18 @@ def test_item_01_record_never_moves_back_and_keeps_the_minute_maximum():
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
+def test_item_01_other_databases_upsert_through_the_orm_with_the_same_result(monkeypatch):
+    monkeypatch.setattr(connection, 'vendor', 'mysql')
+    replica_status.record('default', replica_status.summarize([message(1, updated=at(50))]), NOW)
+    replica_status.record('default', replica_status.summarize([message(2, updated=at(90))]), NOW)
+    later = NOW + timedelta(seconds=10)
+    replica_status.record('default', replica_status.summarize([message(3, updated=at(70))]), later)
+
+    assert rows() == {'simplest': (later, at(50))}
+    assert samples() == [('simplest', NOW.replace(second=0), 90.0)]
+
+
+@pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_syncs_count_as_applied_but_not_in_the_lag():
     old = at(86400 * 30)
     progress = replica_status.summarize([message(1, SignalType.SYNC, updated=old)])
