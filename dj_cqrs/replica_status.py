@@ -1,9 +1,10 @@
 """What a replica remembers of its progress: the last applied message and the lag, per CQRS_ID.
 
-A replica worker calls ``record`` once per batch, after the batch committed: one statement per
-database upserts ``CQRSReplicaStatus`` (when this service last applied a message of each
-CQRS_ID, and the newest master ``cqrs_updated`` it applied) and ``CQRSLagSample`` (the largest
-lag seen in each minute: time of apply minus the master's ``cqrs_updated``). SYNC messages count
+A replica worker sums up each batch it applied (``summarize``, after the commit) and calls
+``record`` at most once per batch and once per ``WRITE_INTERVAL``: one statement upserts
+``CQRSReplicaStatus`` (when this service last applied a message of each CQRS_ID, and the newest
+master ``cqrs_updated`` it applied) and ``CQRSLagSample`` (the largest lag seen in each minute:
+time of apply minus the master's ``cqrs_updated``). SYNC messages count
 as applied but not in the lag: they carry the row's last change, not the time they were sent.
 Samples older than ``LAG_HISTORY`` are deleted by ``purge``. ``dj_cqrs.status`` reads both.
 
@@ -28,6 +29,8 @@ from dj_cqrs.tombstones import _datetime
 
 # How long the per-minute lag samples are kept.
 LAG_HISTORY = timedelta(hours=2)
+# Seconds between two writes of a worker: the batches applied meanwhile are written together.
+WRITE_INTERVAL = 1.0
 
 
 class CQRSReplicaStatus(models.Model):
@@ -69,20 +72,31 @@ class CQRSLagSample(models.Model):
 
 @dataclass
 class Progress:
-    """What one batch applied of one CQRS_ID: the oldest and newest master ``cqrs_updated``
-    of its SAVE and DELETE messages (None when it had none)."""
+    """What a worker applied of one CQRS_ID since its last write: when, the newest master
+    ``cqrs_updated`` and the largest lag at apply (None: no SAVE or DELETE had one)."""
 
-    oldest: datetime | None = None
+    applied: datetime
     newest: datetime | None = None
+    max_lag: float | None = None
+
+    def merge(self, other: Progress) -> None:
+        """Add ``other`` (a later batch) to this progress."""
+        self.applied = max(self.applied, other.applied)
+        self.newest = _later(self.newest, other.newest)
+        self.max_lag = _later(self.max_lag, other.max_lag)
 
 
-def summarize(payloads: Iterable[TransportPayload]) -> dict[str, Progress]:
-    """The progress per CQRS_ID of the applied ``payloads``."""
+def summarize(
+    payloads: Iterable[TransportPayload], now: datetime | None = None
+) -> dict[str, Progress]:
+    """The progress per CQRS_ID of ``payloads`` applied at ``now`` (default: now)."""
+    now = now or timezone.now()
     found: dict[str, Progress] = {}
+    oldest: dict[str, datetime] = {}
     for payload in payloads:
         progress = found.get(payload.cqrs_id)
         if progress is None:
-            progress = found[payload.cqrs_id] = Progress()
+            progress = found[payload.cqrs_id] = Progress(now)
         if payload.signal_type == SignalType.SYNC:
             continue
         data = payload.instance_data
@@ -92,11 +106,22 @@ def summarize(payloads: Iterable[TransportPayload]) -> dict[str, Progress]:
         updated = _parse(value)
         if updated is None:
             continue
-        if progress.oldest is None or updated < progress.oldest:
-            progress.oldest = updated
+        if payload.cqrs_id not in oldest or updated < oldest[payload.cqrs_id]:
+            oldest[payload.cqrs_id] = updated
         if progress.newest is None or updated > progress.newest:
             progress.newest = updated
+    for cqrs_id, updated in oldest.items():
+        found[cqrs_id].max_lag = max((now - updated).total_seconds(), 0.0)
     return found
+
+
+def merge(pending: dict[str, Progress], progress: dict[str, Progress]) -> None:
+    """Add ``progress`` to ``pending`` (what is not written yet)."""
+    for cqrs_id, item in progress.items():
+        if cqrs_id in pending:
+            pending[cqrs_id].merge(item)
+        else:
+            pending[cqrs_id] = item
 
 
 def database() -> str:
@@ -105,7 +130,8 @@ def database() -> str:
 
 
 def record(using: str, progress: dict[str, Progress], now: datetime | None = None) -> None:
-    """Upsert the status rows and the lag samples of ``progress`` in database ``using``.
+    """Upsert the status rows and the lag samples (of the minute of ``now``) of ``progress`` in
+    database ``using``.
 
     One statement on PostgreSQL, two in one transaction on SQLite; other databases go through
     the ORM. Never moves ``last_applied``, ``last_master_updated`` or a minute's lag back.
@@ -114,11 +140,9 @@ def record(using: str, progress: dict[str, Progress], now: datetime | None = Non
         return
     now = now or timezone.now()
     minute = now.replace(second=0, microsecond=0)
-    status_rows = [(cqrs_id, now, p.newest) for cqrs_id, p in progress.items()]
+    status_rows = [(cqrs_id, p.applied, p.newest) for cqrs_id, p in progress.items()]
     lag_rows = [
-        (cqrs_id, minute, max((now - p.oldest).total_seconds(), 0.0))
-        for cqrs_id, p in progress.items()
-        if p.oldest is not None
+        (cqrs_id, minute, p.max_lag) for cqrs_id, p in progress.items() if p.max_lag is not None
     ]
     connection = connections[using]
     if connection.vendor in ('postgresql', 'sqlite'):
@@ -134,7 +158,13 @@ def purge(using: str, now: datetime | None = None) -> int:
     return deleted
 
 
-def _later(table: str, column: str, quote: Any) -> str:
+def _later(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return a if b is None else b
+    return max(a, b)
+
+
+def _set_later(table: str, column: str, quote: Any) -> str:
     """``column = the later of the stored and the new value`` (a NULL is never the later)."""
     old, new = f'{quote(table)}.{quote(column)}', f'EXCLUDED.{quote(column)}'
     return f'{quote(column)} = CASE WHEN {old} IS NULL OR {new} > {old} THEN {new} ELSE {old} END'
@@ -158,8 +188,8 @@ def _upsert_sql(connection: Any, status_rows: list[tuple], lag_rows: list[tuple]
         f'INSERT INTO {quote(status_table)} '
         f'({quote("cqrs_id")}, {quote("last_applied")}, {quote("last_master_updated")}) '
         f'VALUES {values} ON CONFLICT ({quote("cqrs_id")}) DO UPDATE SET '
-        f'{_later(status_table, "last_applied", quote)}, '
-        f'{_later(status_table, "last_master_updated", quote)}'
+        f'{_set_later(status_table, "last_applied", quote)}, '
+        f'{_set_later(status_table, "last_master_updated", quote)}'
     )
     if not lag_rows:
         with connection.cursor() as cursor:
@@ -170,7 +200,7 @@ def _upsert_sql(connection: Any, status_rows: list[tuple], lag_rows: list[tuple]
         f'INSERT INTO {quote(lag_table)} ({quote("cqrs_id")}, {quote("minute")}, '
         f'{quote("max_lag")}) VALUES {values} '
         f'ON CONFLICT ({quote("cqrs_id")}, {quote("minute")}) DO UPDATE SET '
-        f'{_later(lag_table, "max_lag", quote)}'
+        f'{_set_later(lag_table, "max_lag", quote)}'
     )
     with connection.cursor() as cursor:
         if connection.vendor == 'postgresql':

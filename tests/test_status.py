@@ -66,7 +66,7 @@ def status_writes(queries):
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_record_upserts_last_applied_and_the_minute_lag_in_one_statement():
     progress = replica_status.summarize(
-        [message(1, updated=at(30)), message(2, updated=at(5)), message(3, cqrs_id='author')]
+        [message(1, updated=at(30)), message(2, updated=at(5)), message(3, cqrs_id='author')], NOW
     )
     with CaptureQueriesContext(connection) as queries:
         replica_status.record('default', progress, now=NOW)
@@ -81,18 +81,24 @@ def test_item_01_record_upserts_last_applied_and_the_minute_lag_in_one_statement
 
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_record_never_moves_back_and_keeps_the_minute_maximum():
-    replica_status.record('default', replica_status.summarize([message(1, updated=at(50))]), NOW)
+    replica_status.record(
+        'default', replica_status.summarize([message(1, updated=at(50))], NOW), NOW
+    )
     later = NOW + timedelta(seconds=10)
     # A worker that commits later but applied older changes (another worker's batch).
-    replica_status.record('default', replica_status.summarize([message(2, updated=at(90))]), NOW)
-    replica_status.record('default', replica_status.summarize([message(3, updated=at(70))]), later)
+    replica_status.record(
+        'default', replica_status.summarize([message(2, updated=at(90))], NOW), NOW
+    )
+    replica_status.record(
+        'default', replica_status.summarize([message(3, updated=at(70))], later), later
+    )
 
     assert rows() == {'simplest': (later, at(50))}
     assert samples() == [('simplest', NOW.replace(second=0), 90.0)]
 
     next_minute = NOW + timedelta(minutes=1)
     replica_status.record(
-        'default', replica_status.summarize([message(4, updated=at(1))]), next_minute
+        'default', replica_status.summarize([message(4, updated=at(1))], next_minute), next_minute
     )
     assert samples()[-1] == ('simplest', next_minute.replace(second=0), 61.0)
 
@@ -100,10 +106,16 @@ def test_item_01_record_never_moves_back_and_keeps_the_minute_maximum():
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_other_databases_upsert_through_the_orm_with_the_same_result(monkeypatch):
     monkeypatch.setattr(connection, 'vendor', 'mysql')
-    replica_status.record('default', replica_status.summarize([message(1, updated=at(50))]), NOW)
-    replica_status.record('default', replica_status.summarize([message(2, updated=at(90))]), NOW)
+    replica_status.record(
+        'default', replica_status.summarize([message(1, updated=at(50))], NOW), NOW
+    )
+    replica_status.record(
+        'default', replica_status.summarize([message(2, updated=at(90))], NOW), NOW
+    )
     later = NOW + timedelta(seconds=10)
-    replica_status.record('default', replica_status.summarize([message(3, updated=at(70))]), later)
+    replica_status.record(
+        'default', replica_status.summarize([message(3, updated=at(70))], later), later
+    )
 
     assert rows() == {'simplest': (later, at(50))}
     assert samples() == [('simplest', NOW.replace(second=0), 90.0)]
@@ -112,7 +124,7 @@ def test_item_01_other_databases_upsert_through_the_orm_with_the_same_result(mon
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_syncs_count_as_applied_but_not_in_the_lag():
     old = at(86400 * 30)
-    progress = replica_status.summarize([message(1, SignalType.SYNC, updated=old)])
+    progress = replica_status.summarize([message(1, SignalType.SYNC, updated=old)], NOW)
     replica_status.record('default', progress, NOW)
 
     assert rows() == {'simplest': (NOW, None)}
@@ -126,9 +138,10 @@ def test_item_01_deletes_and_odd_cqrs_updated_values():
             message(1, SignalType.DELETE, updated='2026-03-01T12:30:00+00:00'),
             message(2, updated='not a date'),
             TransportPayload(SignalType.SAVE, 'simplest', None, 3),
-        ]
+        ],
+        NOW,
     )
-    assert progress == {'simplest': replica_status.Progress(at(40), at(40))}
+    assert progress == {'simplest': replica_status.Progress(NOW, at(40), 40.0)}
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
@@ -161,31 +174,73 @@ def delivery(pk, updated, cqrs_id='simplest', tag=None):
     return Delivery(ujson.dumps(body), cqrs_id, tag or f'tag-{pk}')
 
 
+def status_upserts(queries):
+    return [
+        i
+        for i, q in enumerate(queries)
+        if q['sql'].startswith(('INSERT', 'WITH')) and 'dj_cqrs_replica_status' in q['sql']
+    ]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_item_01_worker_writes_the_status_once_per_batch_after_the_commit():
+def test_item_01_worker_writes_the_status_at_most_once_per_batch_after_the_commit():
     acked = []
+    consumer = worker(acked)
     now = timezone.now()
     batch = [delivery(pk, now - timedelta(seconds=pk)) for pk in range(1, 41)]
     batch.append(delivery(41, now - timedelta(seconds=3), cqrs_id='no_db'))
     with CaptureQueriesContext(connection) as queries:
-        worker(acked).handle_batch(batch)
+        consumer.handle_batch(batch)
 
     assert len(acked) == 41
-    sqls = [q['sql'] for q in queries]
-    writes = [
-        i
-        for i, sql in enumerate(sqls)
-        if sql.startswith(('INSERT', 'WITH')) and ('dj_cqrs_replica_status' in sql)
-    ]
+    writes = status_upserts(queries.captured_queries)
     assert len(writes) == 1  # one upsert for the 41 messages and both CQRS_IDs
-    commit = max(i for i, sql in enumerate(sqls) if 'dj_replica_simplestreplica' in sql)
-    assert writes[0] > commit
+    sqls = [q['sql'] for q in queries.captured_queries]
+    assert writes[0] > max(i for i, sql in enumerate(sqls) if 'simplestreplica' in sql)
     assert set(rows()) == {'simplest', 'no_db'}
-    assert rows()['simplest'][1].replace(microsecond=0) == (now - timedelta(seconds=1)).replace(
-        microsecond=0
-    )
-    (cqrs_id, _minute, lag), *others = [s for s in samples() if s[0] == 'simplest']
+    newest = rows()['simplest'][1]
+    assert newest.replace(microsecond=0) == (now - timedelta(seconds=1)).replace(microsecond=0)
+    ((_id, _minute, lag),) = [s for s in samples() if s[0] == 'simplest']
     assert 40 <= lag < 60
+
+    # The batches of the next WRITE_INTERVAL are written together, by ``run`` when it is due.
+    later = timezone.now()
+    with CaptureQueriesContext(connection) as queries:
+        consumer.handle_batch([delivery(pk, later) for pk in range(50, 60)])
+        consumer.handle_batch([delivery(pk, later + timedelta(seconds=1)) for pk in range(60, 70)])
+    assert status_upserts(queries.captured_queries) == []
+    with CaptureQueriesContext(connection) as queries:
+        consumer.write_progress()
+    assert len(status_upserts(queries.captured_queries)) == 1
+    assert rows()['simplest'][1] == later + timedelta(seconds=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_item_01_run_writes_what_is_pending_when_due_and_at_stop(monkeypatch):
+    consumer = worker([])
+    written = []
+    monkeypatch.setattr(replica_status, 'record', lambda using, progress: written.append(progress))
+    polls = iter(
+        [
+            [delivery(1, timezone.now())],  # written at once: no write yet
+            [delivery(2, timezone.now())],  # kept: the last write is recent
+            [],
+        ]
+    )
+
+    class Stop:
+        count = 0
+
+        def is_set(self):
+            self.count += 1
+            return self.count > 3
+
+    def poll(timeout):
+        consumer.inbox.extend(next(polls, []))
+
+    consumer.run(Stop(), poll)
+
+    assert [list(progress) for progress in written] == [['simplest'], ['simplest']]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -198,6 +253,7 @@ def test_item_01_a_failed_status_write_is_logged_once_and_never_raised(monkeypat
     consumer = worker(acked)
     consumer.handle_batch([delivery(1, timezone.now()), delivery(2, timezone.now())])
     consumer.handle_batch([delivery(3, timezone.now())])
+    consumer.write_progress()
 
     assert acked == ['tag-1', 'tag-2', 'tag-3']
     assert SimplestReplica.objects.count() == 3

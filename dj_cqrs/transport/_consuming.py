@@ -115,6 +115,9 @@ class Worker:
         self._unsettled: dict[Any, None] = {}
         self._next_purge = 0.0  # ``time.monotonic()`` of the next purge of old tombstones
         self._next_status_error = 0.0  # ``time.monotonic()`` of the next status error line
+        # Progress applied and not written yet (``replica_status``), and when to write it.
+        self._progress: dict[str, replica_status.Progress] = {}
+        self._next_progress_write = 0.0
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
         """Apply received deliveries in one transaction, acks after commit.
@@ -163,10 +166,13 @@ class Worker:
             while self.inbox:
                 batch, self.inbox = self.inbox, []
                 self.handle_batch(batch)
+            if self._progress and time.monotonic() >= self._next_progress_write:
+                self.write_progress()
             self.process_due()
             if time.monotonic() >= self._next_purge:
                 self.purge_tombstones()
                 self.purge_lag_samples()
+        self.write_progress()
 
     def purge_tombstones(self) -> None:
         """Delete the tombstones older than ``tombstone_ttl``: one query per database of the
@@ -211,12 +217,27 @@ class Worker:
         return True
 
     def _record_progress(self, applied: list[TransportPayload]) -> None:
-        """Write when the batch's CQRS_IDs were applied and their lag (``dj_cqrs.status``): one
-        statement after the commit, not per message. A failure is logged, not raised."""
+        """Keep what the batch applied for ``dj_cqrs.status``; written by ``write_progress``
+        now when the last write is ``replica_status.WRITE_INTERVAL`` old, else by ``run``."""
         if not applied:
             return
         try:
-            replica_status.record(replica_status.database(), replica_status.summarize(applied))
+            replica_status.merge(self._progress, replica_status.summarize(applied))
+        except Exception as exc:  # bad data must not stop the worker
+            logger.error('CQRS replica status could not be computed: %s', exc)
+            return
+        if time.monotonic() >= self._next_progress_write:
+            self.write_progress()
+
+    def write_progress(self) -> None:
+        """Write the progress kept since the last write: one statement, after the commit of the
+        batches. A failure is logged (at most every ``STATUS_ERROR_INTERVAL``), not raised."""
+        progress, self._progress = self._progress, {}
+        self._next_progress_write = time.monotonic() + replica_status.WRITE_INTERVAL
+        if not progress:
+            return
+        try:
+            replica_status.record(replica_status.database(), progress)
         except Exception as exc:
             if time.monotonic() >= self._next_status_error:
                 self._next_status_error = time.monotonic() + STATUS_ERROR_INTERVAL

@@ -213,12 +213,23 @@ def test_item_01_consumer_writes_progress_and_the_command_exits_by_threshold(
         SimplestModel.objects.create(id=pk, name=f'row {pk}')
     assert_replica_equals_master(replica)
 
+    newest = max(SimplestModel.objects.values_list('cqrs_updated', flat=True))
+    # A worker writes its progress at most once a second (replica_status.WRITE_INTERVAL).
+    wait_for(
+        lambda: (
+            replica.query('SELECT COUNT(*) FROM dj_cqrs_replica_status')[0][0] == 1
+            and str(replica.query('SELECT last_master_updated FROM dj_cqrs_replica_status')[0][0])[
+                :19
+            ]
+            == newest.strftime('%Y-%m-%d %H:%M:%S')
+        ),
+        message='the newest change in the status table',
+    )
     result = replica.manage('cqrs_status', '--json', '--max-lag', '3600', check=False)
     document = json.loads(result.stdout)
     assert result.returncode == 0, result.stderr
     simplest = next(m for m in document['models'] if m['cqrs_id'] == 'simplest')
     assert simplest['last_applied'] is not None
-    newest = max(SimplestModel.objects.values_list('cqrs_updated', flat=True))
     assert simplest['last_master_updated'] == newest.isoformat()
     assert 0 <= simplest['lag'] < 3600
     assert document['queues'][0]['consumers'] == 1
