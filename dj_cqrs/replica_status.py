@@ -91,6 +91,7 @@ def summarize(
 ) -> dict[str, Progress]:
     """The progress per CQRS_ID of ``payloads`` applied at ``now`` (default: now)."""
     now = now or timezone.now()
+    use_tz = settings.USE_TZ
     found: dict[str, Progress] = {}
     oldest: dict[str, datetime] = {}
     for payload in payloads:
@@ -103,7 +104,7 @@ def summarize(
         value = data.get('cqrs_updated') if isinstance(data, dict) else None
         if value is None:
             continue
-        updated = _parse(value)
+        updated = _parse(value, use_tz)
         if updated is None:
             continue
         if payload.cqrs_id not in oldest or updated < oldest[payload.cqrs_id]:
@@ -236,12 +237,12 @@ def _upsert_orm(using: str, status_rows: list[tuple], lag_rows: list[tuple]) -> 
                 row.save(using=using)
 
 
-def _parse(value: Any) -> datetime | None:
+def _parse(value: Any, use_tz: bool) -> datetime | None:
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             return _datetime(value)
-        if parsed.tzinfo is not None and settings.USE_TZ:
+        if parsed.tzinfo is not None and use_tz:
             return parsed
     return _datetime(value)
