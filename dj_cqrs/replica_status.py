@@ -1,11 +1,12 @@
 """What a replica remembers of its progress: the last applied message and the lag, per CQRS_ID.
 
 A replica worker sums up each batch it applied (``summarize``, after the commit) and calls
-``record`` at most once per batch and once per ``WRITE_INTERVAL``: one statement upserts
-``CQRSReplicaStatus`` (when this service last applied a message of each CQRS_ID, and the newest
-master ``cqrs_updated`` it applied) and ``CQRSLagSample`` (the largest lag seen in each minute:
-time of apply minus the master's ``cqrs_updated``). SYNC messages count
-as applied but not in the lag: they carry the row's last change, not the time they were sent.
+``record`` at most once per batch and once per ``WRITE_INTERVAL``: one statement (two in one
+transaction on SQLite) upserts ``CQRSReplicaStatus`` (when this service last applied a message
+of each CQRS_ID, and the newest master ``cqrs_updated`` it applied) and ``CQRSLagSample`` (the
+largest lag seen in each minute: time of apply minus the master's ``cqrs_updated``). SYNC
+messages count as applied but not in the lag: they carry the row's last change, not the time
+they were sent.
 Samples older than ``LAG_HISTORY`` are deleted by ``purge``. ``dj_cqrs.status`` reads both.
 
 The models are defined here, below the transports that write them, and exported by

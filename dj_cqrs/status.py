@@ -109,6 +109,8 @@ def collect(side: str | None = None) -> Status:
     if side not in SIDES:
         raise ValueError(f'side must be one of {", ".join(SIDES)}, not {side!r}.')
     replica = side in ('replica', 'both')
+    if replica and not cqrs_settings.queue:
+        raise ValueError("settings.CQRS['queue'] is not set: this is not a replica service.")
     names = [cqrs_settings.queue, cqrs_settings.replica.dead_letter_queue] if replica else []
     status = Status(side, '', False, None, [], None, [], [])
     try:
