@@ -25,7 +25,7 @@ from django.db import DEFAULT_DB_ALIAS, Error, connections, router, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from dj_cqrs import metrics, tombstones
+from dj_cqrs import metrics, replica_status, tombstones
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.controller import consumer
@@ -37,6 +37,8 @@ REQUIRED_KEYS = ('signal_type', 'cqrs_id', 'instance_data', 'instance_pk')
 
 # Seconds between two purges of old tombstones by a worker.
 TOMBSTONE_PURGE_INTERVAL = 600.0
+# Seconds between two error lines about the replica status table (one per batch otherwise).
+STATUS_ERROR_INTERVAL = 600.0
 
 
 @dataclass
@@ -112,6 +114,10 @@ class Worker:
         # With ``ack_through``: the handles received and not yet settled, in delivery order.
         self._unsettled: dict[Any, None] = {}
         self._next_purge = 0.0  # ``time.monotonic()`` of the next purge of old tombstones
+        self._next_status_error = 0.0  # ``time.monotonic()`` of the next status error line
+        # Progress applied and not written yet (``replica_status``), and when to write it.
+        self._progress: dict[str, replica_status.Progress] = {}
+        self._next_progress_write = 0.0
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
         """Apply received deliveries in one transaction, acks after commit.
@@ -155,6 +161,7 @@ class Worker:
                 self.transport.log_consumed_accepted(delivery.payload)
             else:
                 self._fail(delivery, exc)
+        self._record_progress([delivery.payload for delivery, result, _ in outcomes if result])
 
     def receive(self, delivery: Delivery) -> None:
         """Keep a delivery for the next batch (called from the transport's message callback)."""
@@ -171,9 +178,13 @@ class Worker:
             while self.inbox:
                 batch, self.inbox = self.inbox, []
                 self.handle_batch(batch)
+            if self._progress and time.monotonic() >= self._next_progress_write:
+                self.write_progress()
             self.process_due()
             if time.monotonic() >= self._next_purge:
                 self.purge_tombstones()
+                self.purge_lag_samples()
+        self.write_progress()
 
     def purge_tombstones(self) -> None:
         """Delete the tombstones older than ``tombstone_ttl``: one query per database of the
@@ -189,6 +200,13 @@ class Worker:
                 continue
             if purged:
                 logger.info('CQRS purged %s old tombstone(s) (database %s).', purged, using)
+
+    def purge_lag_samples(self) -> None:
+        """Delete the replica's lag samples older than ``replica_status.LAG_HISTORY``."""
+        try:
+            replica_status.purge(replica_status.database())
+        except Error as exc:
+            logger.error('CQRS lag samples could not be purged: %s', exc)
 
     def process_due(self) -> None:
         """Republish the delayed messages whose ETA has passed."""
@@ -211,6 +229,33 @@ class Worker:
             self._dead_letter(delivery)
             return False
         return True
+
+    def _record_progress(self, applied: list[TransportPayload]) -> None:
+        """Keep what the batch applied for ``dj_cqrs.status``; written by ``write_progress``
+        now when the last write is ``replica_status.WRITE_INTERVAL`` old, else by ``run``."""
+        if not applied:
+            return
+        try:
+            replica_status.merge(self._progress, replica_status.summarize(applied))
+        except Exception as exc:  # bad data must not stop the worker
+            logger.error('CQRS replica status could not be computed: %s', exc)
+            return
+        if time.monotonic() >= self._next_progress_write:
+            self.write_progress()
+
+    def write_progress(self) -> None:
+        """Write the progress kept since the last write: one statement, after the commit of the
+        batches. A failure is logged (at most every ``STATUS_ERROR_INTERVAL``), not raised."""
+        progress, self._progress = self._progress, {}
+        self._next_progress_write = time.monotonic() + replica_status.WRITE_INTERVAL
+        if not progress:
+            return
+        try:
+            replica_status.record(replica_status.database(), progress)
+        except Exception as exc:
+            if time.monotonic() >= self._next_status_error:
+                self._next_status_error = time.monotonic() + STATUS_ERROR_INTERVAL
+                logger.error('CQRS replica status could not be written: %s', exc)
 
     def _apply(self, delivery: Delivery) -> tuple[Delivery, Any, BaseException | None]:
         try:

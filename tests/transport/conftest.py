@@ -128,7 +128,8 @@ def rabbit_cluster(tmp_path_factory):
     """
     import atexit
 
-    from tests.transport.cluster import SERVER, RabbitCluster
+    from tests.transport.cluster import RabbitCluster
+    from tests.transport.private_broker import SERVER
 
     if not SERVER.exists():
         pytest.skip(f'cluster tests need rabbitmq-server ({SERVER} is missing)')
