@@ -56,6 +56,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     'consumer_prefetch_count': constants.DEFAULT_CONSUMER_PREFETCH_COUNT,
     'publisher_confirms': True,
     'ssl_options': None,
+    'management_url': None,
 }
 
 MASTER_DEFAULTS: dict[str, Any] = {
@@ -290,6 +291,13 @@ def _ssl_options(name: str, value: Any) -> dict | None:
     return value
 
 
+def _management_url(name: str, value: Any) -> str | bool | None:
+    """The RabbitMQ management API URL: a string, None (derived from the broker), or False."""
+    if value is None or value is False:
+        return value
+    return _string(name, value)
+
+
 _RULES: dict[tuple[str | None, str], Callable[[str, Any], Any]] = {
     (None, 'transport'): _string,
     (None, 'url'): _urls,
@@ -301,6 +309,7 @@ _RULES: dict[tuple[str | None, str], Callable[[str, Any], Any]] = {
     (None, 'consumer_prefetch_count'): _number(0),
     (None, 'publisher_confirms'): _bool_or_default(True),
     (None, 'ssl_options'): _ssl_options,
+    (None, 'management_url'): _management_url,
     ('master', 'CQRS_AUTO_UPDATE_FIELDS'): _strict_bool,
     ('master', 'CQRS_MESSAGE_TTL'): _legacy_int(
         1, 'keep', 'Settings CQRS_MESSAGE_TTL=%s is invalid, using default %s.'

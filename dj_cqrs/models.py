@@ -1,12 +1,14 @@
 """The models of ``dj_cqrs``: the transactional outbox (``settings.CQRS['master']['outbox'] =
-True``) on masters and the tombstones of deleted rows (``dj_cqrs.tombstones``) on replicas;
-``Status``, without a table, is the admin's handle on the replication status page."""
+True``) on masters; the tombstones of deleted rows (``dj_cqrs.tombstones``) and the progress of
+the consumer (``dj_cqrs.replica_status``) on replicas. ``Status``, without a table, is the
+admin's handle on the replication status page."""
 
 from django.db import models
 
+from dj_cqrs.replica_status import CQRSLagSample, CQRSReplicaStatus
 from dj_cqrs.tombstones import CQRSTombstone
 
-__all__ = ['CQRSOutboxMessage', 'CQRSTombstone', 'Status']
+__all__ = ['CQRSLagSample', 'CQRSOutboxMessage', 'CQRSReplicaStatus', 'CQRSTombstone', 'Status']
 
 
 class CQRSOutboxMessage(models.Model):

@@ -38,7 +38,7 @@ wait_port() {
 }
 
 rabbitmq_up() {
-  if port_open 5672; then return 0; fi
+  if port_open 5672; then rabbitmq_management; return 0; fi
   if [ "$(id -u)" != 0 ]; then
     echo "services: no RabbitMQ on 127.0.0.1:5672; start one (as root: scripts/services.sh up)." >&2
     exit 1
@@ -60,6 +60,18 @@ rabbitmq_up() {
     exit 1
   fi
   wait_port 5672 rabbitmq-server
+  rabbitmq_management
+}
+
+# The management HTTP API (port 15672): cqrs_status reads unacknowledged messages from it.
+rabbitmq_management() {
+  port_open 15672 && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v rabbitmq-plugins >/dev/null 2>&1; then
+    echo "services: RabbitMQ management API not on 127.0.0.1:15672 (rabbitmq-plugins enable rabbitmq_management); cqrs_status shows unacknowledged messages as unknown." >&2
+    return 0
+  fi
+  rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null
+  wait_port 15672 rabbitmq_management
 }
 
 rabbitmq_down() {

@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ('dj_cqrs', '0003_tombstone'),
+        ('dj_cqrs', '0004_replica_status'),
     ]
 
     operations = [

@@ -25,7 +25,7 @@ from django.db import DEFAULT_DB_ALIAS, Error, connections, router, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from dj_cqrs import tombstones
+from dj_cqrs import replica_status, tombstones
 from dj_cqrs._logging import logger
 from dj_cqrs.conf import cqrs_settings
 from dj_cqrs.controller import consumer
@@ -37,6 +37,8 @@ REQUIRED_KEYS = ('signal_type', 'cqrs_id', 'instance_data', 'instance_pk')
 
 # Seconds between two purges of old tombstones by a worker.
 TOMBSTONE_PURGE_INTERVAL = 600.0
+# Seconds between two error lines about the replica status table (one per batch otherwise).
+STATUS_ERROR_INTERVAL = 600.0
 
 
 @dataclass
@@ -112,6 +114,7 @@ class Worker:
         # With ``ack_through``: the handles received and not yet settled, in delivery order.
         self._unsettled: dict[Any, None] = {}
         self._next_purge = 0.0  # ``time.monotonic()`` of the next purge of old tombstones
+        self._next_status_error = 0.0  # ``time.monotonic()`` of the next status error line
 
     def handle_batch(self, deliveries: list[Delivery]) -> None:
         """Apply received deliveries in one transaction, acks after commit.
@@ -143,6 +146,7 @@ class Worker:
                 self.transport.log_consumed_accepted(delivery.payload)
             else:
                 self._fail(delivery, exc)
+        self._record_progress([delivery.payload for delivery, result, _ in outcomes if result])
 
     def receive(self, delivery: Delivery) -> None:
         """Keep a delivery for the next batch (called from the transport's message callback)."""
@@ -162,6 +166,7 @@ class Worker:
             self.process_due()
             if time.monotonic() >= self._next_purge:
                 self.purge_tombstones()
+                self.purge_lag_samples()
 
     def purge_tombstones(self) -> None:
         """Delete the tombstones older than ``tombstone_ttl``: one query per database of the
@@ -177,6 +182,13 @@ class Worker:
                 continue
             if purged:
                 logger.info('CQRS purged %s old tombstone(s) (database %s).', purged, using)
+
+    def purge_lag_samples(self) -> None:
+        """Delete the replica's lag samples older than ``replica_status.LAG_HISTORY``."""
+        try:
+            replica_status.purge(replica_status.database())
+        except Error as exc:
+            logger.error('CQRS lag samples could not be purged: %s', exc)
 
     def process_due(self) -> None:
         """Republish the delayed messages whose ETA has passed."""
@@ -197,6 +209,18 @@ class Worker:
             self._dead_letter(delivery)
             return False
         return True
+
+    def _record_progress(self, applied: list[TransportPayload]) -> None:
+        """Write when the batch's CQRS_IDs were applied and their lag (``dj_cqrs.status``): one
+        statement after the commit, not per message. A failure is logged, not raised."""
+        if not applied:
+            return
+        try:
+            replica_status.record(replica_status.database(), replica_status.summarize(applied))
+        except Exception as exc:
+            if time.monotonic() >= self._next_status_error:
+                self._next_status_error = time.monotonic() + STATUS_ERROR_INTERVAL
+                logger.error('CQRS replica status could not be written: %s', exc)
 
     def _apply(self, delivery: Delivery) -> tuple[Delivery, Any, BaseException | None]:
         try:
