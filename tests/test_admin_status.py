@@ -282,9 +282,15 @@ def test_item_03_lag_chart_layout():
     assert lag_chart({}, now) is None
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(databases=['default', 'other'])
 def test_item_03_page_renders_the_real_figures(superuser_client):
     """No stand-in: ``collect()`` and ``lag_history()`` of the test project (loopback)."""
     report = cqrs_status.collect()
     html = _html(superuser_client.get(URL))
-    assertInHTML(f'<td>{report.side}</td>', html)
+
+    assertInHTML(f'<tr><th scope="row">Side</th><td>{report.side}</td></tr>', html)
+    assertInHTML(f'<td>{report.broker}</td>', html)
+    for outbox in report.outbox:
+        assertInHTML(f'<td>{outbox.database}</td>', html)
+    for model in report.models:
+        assertInHTML(f'<td>{model.cqrs_id}</td>', html)
