@@ -15,7 +15,8 @@ class CQRSAdminMasterSyncMixin:
     """Adds the "Synchronize selected … via CQRS" action to a master model's admin.
 
     The action is added to the admin's own actions; ``actions = None`` turns all actions off,
-    this one included.
+    this one included. It needs the model's change permission: a user who may only view the
+    rows neither sees it nor can post it.
     """
 
     def get_actions(self, request: HttpRequest) -> dict:
@@ -24,11 +25,14 @@ class CQRSAdminMasterSyncMixin:
         if self.actions is None or IS_POPUP_VAR in request.GET or 'sync_items' in actions:
             return actions
         action = self.get_action('sync_items')
-        if action is not None:
+        if action is not None and self._filter_actions_by_permissions(request, [action]):
             actions['sync_items'] = action
         return actions
 
-    @admin.action(description=gettext_lazy('Synchronize selected %(verbose_name_plural)s via CQRS'))
+    @admin.action(
+        description=gettext_lazy('Synchronize selected %(verbose_name_plural)s via CQRS'),
+        permissions=['change'],
+    )
     def sync_items(self, request: HttpRequest, queryset: Iterable) -> None:
         """Publish a SYNC for every selected instance and report the result in one message.
 

@@ -1,13 +1,14 @@
 """The models of ``dj_cqrs``: the transactional outbox (``settings.CQRS['master']['outbox'] =
 True``) on masters; the tombstones of deleted rows (``dj_cqrs.tombstones``) and the progress of
-the consumer (``dj_cqrs.replica_status``) on replicas."""
+the consumer (``dj_cqrs.replica_status``) on replicas. ``Status``, without a table, is the
+admin's handle on the replication status page."""
 
 from django.db import models
 
 from dj_cqrs.replica_status import CQRSLagSample, CQRSReplicaStatus
 from dj_cqrs.tombstones import CQRSTombstone
 
-__all__ = ['CQRSLagSample', 'CQRSOutboxMessage', 'CQRSReplicaStatus', 'CQRSTombstone']
+__all__ = ['CQRSLagSample', 'CQRSOutboxMessage', 'CQRSReplicaStatus', 'CQRSTombstone', 'Status']
 
 
 class CQRSOutboxMessage(models.Model):
@@ -42,3 +43,17 @@ class CQRSOutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f'{self.signal_type} {self.cqrs_id} {self.instance_pk}'
+
+
+class Status(models.Model):
+    """No table: the replication status page of the admin (``dj_cqrs.admin``) hangs on it.
+
+    Its only permission, ``dj_cqrs.view_status``, lets staff users who are not superusers see
+    the page.
+    """
+
+    class Meta:
+        managed = False
+        default_permissions = ('view',)
+        verbose_name = 'replication status'
+        verbose_name_plural = 'replication status'

@@ -186,3 +186,68 @@ def test_admin_action_syncs_selected_books_to_the_replica(demo, open_browser, tm
     assert {pk: row for pk, row in replica_books.items() if pk != other} == {
         pk: row for pk, row in master_books.items() if pk != other
     }
+
+
+def _login(browser, wait, url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+
+    browser.get(f'{url}/admin/login/?next=/admin/')
+    browser.find_element(By.ID, 'id_username').send_keys('admin')
+    browser.find_element(By.ID, 'id_password').send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, 'user-tools')))
+
+
+def test_item_03_admin_status_pages_of_the_replica_and_the_master(demo, open_browser, tmp_path):
+    """Issue 12, item 3: from the admin index to the status page, on both services."""
+    browser = open_browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    master = demo.master()
+    replica = demo.replica()
+    replica.start_consumer(workers=1)
+    seed_demo(master, count=3)
+    wait_books_equal(master, replica)
+    for service in (master, replica):
+        assert service.shell(CREATE_SUPERUSER) == 1
+    replica_url, master_url = start_runserver(replica), start_runserver(master)
+
+    wait = WebDriverWait(browser, TIMEOUT)
+    try:
+        # replica: queue figures, the lag per CQRS_ID and the chart of the last hour
+        _login(browser, wait, replica_url)
+        browser.find_element(By.LINK_TEXT, 'Replication status').click()
+        models = wait.until(expected_conditions.presence_of_element_located((By.ID, 'cqrs-models')))
+        assert browser.current_url == f'{replica_url}/admin/dj_cqrs/status/'
+        assert 'Replication status' in browser.title
+        rows = {
+            row.find_elements(By.TAG_NAME, 'td')[0].text: row
+            for row in models.find_elements(By.CSS_SELECTOR, 'tbody tr')
+        }
+        assert {'demo.publisher', 'demo.author', 'demo.book'} <= set(rows)
+        assert 'never' not in rows['demo.book'].text
+        queues = browser.find_element(By.ID, 'cqrs-queues').text
+        assert replica.queue in queues
+        assert 'reachable' in browser.find_element(By.ID, 'cqrs-broker').text
+        chart = browser.find_element(By.ID, 'cqrs-lag-chart')
+        assert chart.tag_name == 'svg'
+        series = chart.find_elements(By.CSS_SELECTOR, 'g.cqrs-lag-series')
+        assert {'demo.publisher', 'demo.author', 'demo.book'} <= {
+            group.get_attribute('data-cqrs-id') for group in series
+        }
+        assert all(group.find_elements(By.TAG_NAME, 'circle') for group in series)
+        assert chart.size['width'] > 100 and chart.size['height'] > 50  # drawn, not empty
+        browser.save_screenshot(str(tmp_path / 'replica-status.png'))
+
+        # master: the outbox backlog and the broker, no replica section
+        _login(browser, wait, master_url)
+        browser.find_element(By.LINK_TEXT, 'Replication status').click()
+        outbox = wait.until(expected_conditions.presence_of_element_located((By.ID, 'cqrs-outbox')))
+        assert 'default' in outbox.text
+        assert 'reachable' in browser.find_element(By.ID, 'cqrs-broker').text
+        assert not browser.find_elements(By.ID, 'cqrs-lag-chart')
+    finally:
+        browser.save_screenshot(str(tmp_path / 'status.png'))

@@ -3,6 +3,7 @@
 import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 
 import dj_cqrs.admin
 import dj_cqrs.admin_mixins
@@ -169,3 +170,68 @@ def test_sync_of_serializer_model(admin_client_logged_in, produced):
 
 def test_both_import_paths_are_the_same_class():
     assert dj_cqrs.admin.CQRSAdminMasterSyncMixin is dj_cqrs.admin_mixins.CQRSAdminMasterSyncMixin
+
+
+# --- issue 12, item 6: who may sync ------------------------------------------------------------
+
+
+def _staff(username, *codenames):
+    user = get_user_model().objects.create_user(username, password='pw', is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+@pytest.fixture
+def view_only_client(client):
+    client.force_login(_staff('viewer', 'view_simplestmodel'))
+    return client
+
+
+@pytest.fixture
+def editor_client(client):
+    client.force_login(_staff('editor', 'view_simplestmodel', 'change_simplestmodel'))
+    return client
+
+
+def test_item_06_view_only_staff_does_not_see_the_action(view_only_client, rows):
+    response = view_only_client.get(CHANGELIST)
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert 'row 1' in content  # the changelist itself is shown
+    assert 'value="sync_items"' not in content
+    assert 'via CQRS' not in content
+
+
+def test_item_06_staff_with_change_permission_sees_the_action(editor_client, rows):
+    response = editor_client.get(CHANGELIST)
+    assert response.status_code == 200
+    assert 'value="sync_items"' in response.content.decode()
+    assert 'Synchronize selected simplest models via CQRS' in response.content.decode()
+
+
+def test_item_06_view_only_staff_cannot_post_the_action(view_only_client, rows, produced):
+    produced.clear()
+    response = _sync(view_only_client, [1, 2])
+
+    assert response.status_code == 200
+    assert produced == []
+    assert _messages(response) == []
+
+
+def test_item_06_staff_with_change_permission_can_post_the_action(editor_client, rows, produced):
+    produced.clear()
+    response = _sync(editor_client, [1, 2])
+
+    assert sorted(p.pk for p in produced if p.signal_type == SignalType.SYNC) == [1, 2]
+    assert _messages(response) == ['2 successfully synced. 0 failed: []']
+
+
+def test_item_06_listed_action_also_needs_the_change_permission(view_only_client, rows, produced):
+    """``actions = ['sync_items']`` on the admin: Django's own filter applies the permission."""
+    model_admin = admin.site._registry[SimplestModel]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_admin, 'actions', ['sync_items'])
+        assert 'value="sync_items"' not in view_only_client.get(CHANGELIST).content.decode()
+        produced.clear()
+        _sync(view_only_client, [1])
+    assert produced == []

@@ -8,7 +8,8 @@ The scripted run starts from empty databases, migrates both services, starts the
 consumer (``cqrs_consume -w 2``), makes changes on the master (``manage.py demo_scenario``
 and a filtered ``cqrs_sync``), waits until the replica has caught up, prints master and
 replica rows side by side with the replica's JOIN query and the measured lag, then stops the
-consumer. Exit status 0 when the replica matches the master, 1 otherwise.
+consumer and ends with the ``manage.py cqrs_status`` tables of the replica and the master
+(taken while the consumer ran). Exit status 0 when the replica matches the master, 1 otherwise.
 
 Environment: DEMO_DATA_DIR (default examples/demo_project/.data), DEMO_AMQP_URL,
 DEMO_EXCHANGE, DEMO_QUEUE (see the services' settings). Needs RabbitMQ (from the repository
@@ -403,6 +404,17 @@ def echo_step(line: str) -> None:
         print(f'    {line.strip()}', flush=True)
 
 
+STATUS_PATH = '/admin/dj_cqrs/status/'
+
+
+def status_tables() -> list[tuple[str, str]]:
+    """``manage.py cqrs_status`` of the replica and the master: (title, table) pairs."""
+    return [
+        (name, manage(directory, 'cqrs_status').rstrip())
+        for name, directory in (('replica', REPLICA_DIR), ('master', MASTER_DIR))
+    ]
+
+
 def step(number: int, text: str) -> None:
     print(f'[{number}/6] {text}', flush=True)
 
@@ -452,6 +464,7 @@ def run() -> int:
 
         report = json.loads(manage(REPLICA_DIR, 'demo_report'))
         step(6, 'master and replica match (same rows, same revisions)')
+        statuses = status_tables()
     finally:
         stopped_with = stop(consumer)
         connection.close()
@@ -478,6 +491,15 @@ def run() -> int:
         f'  consumer: stopped with SIGTERM (exit {stopped_with}); {sum(problems.values())} '
         f'warnings/errors in {display_path(CONSUMER_LOG)}'
     )
+    for name, table in statuses:
+        print(f'\nmanage.py cqrs_status on the {name} (while the consumer ran)')
+        for line in table.splitlines():
+            print(f'  {line}'.rstrip())
+    print(
+        '\nThe same figures, with a chart of the lag on the replica, are on the admin status '
+        'page: run_demo.py serve, then http://127.0.0.1:8000' + STATUS_PATH + ' (master) and '
+        'http://127.0.0.1:8001' + STATUS_PATH + ' (replica), user admin / admin'
+    )
     return 0
 
 
@@ -486,18 +508,26 @@ def pump(process: subprocess.Popen, prefix: str) -> None:
         print(f'{prefix} {line}', end='', flush=True)
 
 
+def create_admin(directory: Path) -> bool:
+    """Create the superuser admin / admin in a service; False when it already exists."""
+    env_user = {'DJANGO_SUPERUSER_USERNAME': 'admin', 'DJANGO_SUPERUSER_PASSWORD': 'admin'}
+    return (
+        subprocess.run(
+            [sys.executable, 'manage.py', 'createsuperuser', '--noinput', '--email', 'a@x.org'],
+            cwd=directory,
+            env={**child_env(), **env_user},
+            capture_output=True,
+            text=True,
+        ).returncode
+        == 0
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     connect().close()
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     migrate()
-    env_user = {'DJANGO_SUPERUSER_USERNAME': 'admin', 'DJANGO_SUPERUSER_PASSWORD': 'admin'}
-    with_admin = subprocess.run(
-        [sys.executable, 'manage.py', 'createsuperuser', '--noinput', '--email', 'a@example.com'],
-        cwd=MASTER_DIR,
-        env={**child_env(), **env_user},
-        capture_output=True,
-        text=True,
-    )
+    created = [create_admin(directory) for directory in (MASTER_DIR, REPLICA_DIR)]
     children = {
         'consumer': spawn(REPLICA_DIR, 'cqrs_consume', '-w', str(WORKERS), output=subprocess.PIPE)
     }
@@ -523,10 +553,15 @@ def serve(args: argparse.Namespace) -> int:
         print(f'[demo] master:  http://{args.host}:{args.master_port}/', flush=True)
         print(
             f'[demo] admin:   http://{args.host}:{args.master_port}/admin/ (admin / admin'
-            f'{"" if with_admin.returncode == 0 else ", created on an earlier run"})',
+            f'{"" if all(created) else ", created on an earlier run"})',
             flush=True,
         )
         print(f'[demo] replica: http://{args.host}:{args.replica_port}/', flush=True)
+        for name, port in (('master', args.master_port), ('replica', args.replica_port)):
+            print(
+                f'[demo] {name} replication status: http://{args.host}:{port}{STATUS_PATH}',
+                flush=True,
+            )
         print('[demo] Ctrl-C stops everything', flush=True)
         while all(child.poll() is None for child in children.values()):
             time.sleep(0.3)

@@ -17,15 +17,25 @@ SECRET_KEY = os.environ.get('DEMO_SECRET_KEY', 'demo-replica-insecure-key')
 DEBUG = os.environ.get('DEMO_DEBUG', '1') == '1'
 ALLOWED_HOSTS = ['*']
 
+# The admin is here for django-cqrs's replication status page (/admin/dj_cqrs/status/).
 INSTALLED_APPS = [
+    'django.contrib.admin',
+    'django.contrib.auth',
     'django.contrib.contenttypes',
+    'django.contrib.sessions',
+    'django.contrib.messages',
+    'django.contrib.staticfiles',
     'dj_cqrs',
     'replica',
 ]
 
 MIDDLEWARE = [
     'django.middleware.security.SecurityMiddleware',
+    'django.contrib.sessions.middleware.SessionMiddleware',
     'django.middleware.common.CommonMiddleware',
+    'django.middleware.csrf.CsrfViewMiddleware',
+    'django.contrib.auth.middleware.AuthenticationMiddleware',
+    'django.contrib.messages.middleware.MessageMiddleware',
     'django.middleware.clickjacking.XFrameOptionsMiddleware',
 ]
 
@@ -37,7 +47,13 @@ TEMPLATES = [
         'BACKEND': 'django.template.backends.django.DjangoTemplates',
         'DIRS': [],
         'APP_DIRS': True,
-        'OPTIONS': {'context_processors': ['django.template.context_processors.request']},
+        'OPTIONS': {
+            'context_processors': [
+                'django.template.context_processors.request',
+                'django.contrib.auth.context_processors.auth',
+                'django.contrib.messages.context_processors.messages',
+            ],
+        },
     },
 ]
 
@@ -74,6 +90,7 @@ LANGUAGE_CODE = 'en-us'
 TIME_ZONE = 'UTC'
 USE_I18N = True
 USE_TZ = True
+STATIC_URL = 'static/'
 
 DEMO_MASTER_URL = os.environ.get('DEMO_MASTER_URL', 'http://127.0.0.1:8000/')
 
