@@ -13,8 +13,8 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.test import SimpleTestCase
 from django.urls import reverse
-from pytest_django.asserts import assertInHTML, assertRedirects
 
 from dj_cqrs import status as cqrs_status
 from dj_cqrs.admin import CQRSStatusAdmin, lag_chart
@@ -27,6 +27,11 @@ pytestmark = pytest.mark.django_db
 URL = '/admin/dj_cqrs/status/'
 APPLIED = datetime(2024, 5, 1, 12, 0, 30, tzinfo=timezone.utc)
 UPDATED = datetime(2024, 5, 1, 12, 0, 18, tzinfo=timezone.utc)
+
+# Django's own assertions (pytest_django.asserts needs Django 5 on import).
+_django = SimpleTestCase()
+assertInHTML = _django.assertInHTML
+assertRedirects = _django.assertRedirects
 
 
 def replica_report(**changes) -> StatusReport:

@@ -260,6 +260,8 @@ def test_options_reach_the_supervisor(mocker):
         ignore_paths=[str(Path('a').resolve()), str(Path('b').resolve())],
         sigint_timeout=0.5,
         sigkill_timeout=2.0,
+        metrics_port=None,
+        metrics_host='',
     )
     supervisor.return_value.run.assert_called_once_with()
 
