@@ -41,6 +41,8 @@ RABBIT = 'dj_cqrs.transport.RabbitMQTransport'
 KOMBU = 'dj_cqrs.transport.KombuTransport'
 
 SIMPLEST = 'dj_replica_simplestreplica'
+MASTER_TABLE = 'dj_master_simplestmodel'
+OUTBOX = 'dj_cqrs_outbox'
 # Generous: the tests assert on outcomes, never on how fast they happen.
 TIMEOUT = 60.0
 
@@ -766,3 +768,18 @@ def dead_letters(kombu_url, amqp_url, queue):
             result.append((json.loads(body), properties.expiration))
     finally:
         connection.close()
+
+
+def master_service(replica_service, url: str, **env: str):
+    """A master service with the outbox on (its own SQLite file, master table and outbox)."""
+    return replica_service(url=url, **env).extend_settings("CQRS['master']['outbox'] = True")
+
+
+def make_changes(master, url: str, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in the master's ``manage.py shell`` publishing to ``url``."""
+    env = dict(master.env)
+    master.env['CQRS_TEST_URL'] = url
+    try:
+        return master.manage('shell', '-c', code)
+    finally:
+        master.env = env

@@ -25,7 +25,11 @@ from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
 from tests.harness import (
+    MASTER_TABLE,
+    OUTBOX,
     assert_replica_equals_master,
+    make_changes,
+    master_service,
     outbox_on,
     private_node_broker,  # noqa: F401 (the ``broker`` fixture)
     queue_depth,
@@ -34,12 +38,8 @@ from tests.harness import (
     wait_equal,
     wait_for,
 )
-from tests.transport.test_relay_faults import (
-    MASTER_TABLE,
-    OUTBOX,
-    REPLICA_TABLE,
-    make_changes,
-    master_service,
+from tests.harness import (
+    SIMPLEST as REPLICA_TABLE,
 )
 
 RELAYED = re.compile(r'^Relayed (\d+) outbox messages\.$', re.MULTILINE)

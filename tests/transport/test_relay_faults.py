@@ -17,7 +17,12 @@ import pika
 import pytest
 
 from tests.harness import (
+    MASTER_TABLE,
+    OUTBOX,
+    SIMPLEST,
     handles_signal,
+    make_changes,
+    master_service,
     private_node_broker,  # noqa: F401 (the ``broker`` fixture)
     queue_depth,
     replica_names,
@@ -26,9 +31,7 @@ from tests.harness import (
     wait_for,
 )
 
-MASTER_TABLE = 'dj_master_simplestmodel'
-REPLICA_TABLE = 'dj_replica_simplestreplica'
-OUTBOX = 'dj_cqrs_outbox'
+REPLICA_TABLE = SIMPLEST
 UNREACHABLE = 'amqp://guest:guest@127.0.0.1:1/%2F'
 RELAYED = re.compile(r'^Relayed (\d+) outbox messages\.$', re.MULTILINE)
 
@@ -52,21 +55,6 @@ def outbox_count(service) -> int:
     return service.count(OUTBOX)
 
 
-def master_service(replica_service, url: str, **env: str):
-    """A master service with the outbox on (its own SQLite file, master table and outbox)."""
-    return replica_service(url=url, **env).extend_settings("CQRS['master']['outbox'] = True")
-
-
-def make_changes(master, url: str, code: str = CHANGES) -> subprocess.CompletedProcess:
-    """Run ``code`` in the master's ``manage.py shell`` publishing to ``url``."""
-    env = dict(master.env)
-    master.env['CQRS_TEST_URL'] = url
-    try:
-        return master.manage('shell', '-c', code)
-    finally:
-        master.env = env
-
-
 def relay_once(master, check: bool = True) -> subprocess.CompletedProcess:
     return master.manage('cqrs_relay', '--once', '--min-age', '0', check=check)
 
@@ -86,7 +74,7 @@ def test_item_01c_relay_while_the_broker_is_down_keeps_the_rows_then_drains_them
 
     broker.stop_app()
     try:
-        make_changes(master, broker.url)
+        make_changes(master, broker.url, CHANGES)
         assert outbox_count(master) == CHANGED_ROWS, 'every change has its outbox row'
         failed = relay_once(master, check=False)
         assert outbox_count(master) == CHANGED_ROWS, 'the failed relay kept every row'
@@ -194,7 +182,7 @@ def test_item_01e_relay_daemon_stops_on_sigterm_and_loses_no_row(amqp_url, names
     master = master_service(replica_service, amqp_url)
     replica = replica_service().start('-w', '1')
     replica.wait_ready()
-    make_changes(master, UNREACHABLE)
+    make_changes(master, UNREACHABLE, CHANGES)
     assert outbox_count(master) == CHANGED_ROWS, 'the broker was unreachable: all rows kept'
     daemon = ('cqrs_relay', '--min-age', '0', '--batch', '20', '--interval', '60')
 
