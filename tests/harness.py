@@ -8,6 +8,7 @@ The brokers and the PostgreSQL server come from ``scripts/services.sh up``.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -783,3 +784,17 @@ def make_changes(master, url: str, code: str) -> subprocess.CompletedProcess:
         return master.manage('shell', '-c', code)
     finally:
         master.env = env
+
+
+def call_exiting(command: str, *args: str) -> tuple[int, str, str]:
+    """``(exit status, stdout, stderr)`` of ``call_command(command, *args)`` in this process,
+    for commands that end with ``SystemExit`` (``cqrs_status``)."""
+    from django.core.management import call_command
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command(command, *args, stdout=out, stderr=err)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()

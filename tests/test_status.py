@@ -4,7 +4,6 @@ SQLite and, with ``--ds=tests.settings_pg``, on PostgreSQL."""
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -12,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 import ujson
-from django.core.management import call_command
 from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -26,6 +24,7 @@ from dj_cqrs.transport._consuming import Delivery, Worker
 from dj_cqrs.transport._queues import BrokerUnreachable, QueueFigures
 from dj_cqrs.transport.mixins import LoggingMixin
 from tests.dj_replica.models import SimplestReplica
+from tests.harness import call_exiting
 
 NOW = datetime(2026, 3, 1, 12, 30, 40, tzinfo=dt_timezone.utc)
 
@@ -375,13 +374,7 @@ def test_item_01_lag_history_per_cqrs_id_oldest_first(monkeypatch):
 
 
 def run(*args):
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command('cqrs_status', *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, out.getvalue(), err.getvalue()
+    return call_exiting('cqrs_status', *args)
 
 
 @pytest.fixture

@@ -5,14 +5,12 @@ that is down, and the progress a running ``cqrs_consume`` writes."""
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import timezone as dt_timezone
 
 import kombu
 import pika
 import pytest
-from django.core.management import call_command
 from django.test import override_settings
 from django.utils.dateparse import parse_datetime
 
@@ -24,6 +22,7 @@ from tests.harness import (
     KOMBU,
     RABBIT,
     assert_replica_equals_master,
+    call_exiting,
     clean_redis,
     wait_for,
     wire_body,
@@ -33,13 +32,7 @@ READY, DEAD = 5, 2
 
 
 def run(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command('cqrs_status', *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, out.getvalue(), err.getvalue()
+    return call_exiting('cqrs_status', *args)
 
 
 def fill_rabbitmq(url: str, names: dict) -> None:
