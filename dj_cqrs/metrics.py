@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter as _Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -266,9 +266,15 @@ class OutboxCollector:
         )
 
 
-def outbox_backlog() -> list[tuple[str, int, float | None]]:
+def outbox_backlog(
+    on_error: Callable[[str, Exception], None] | None = None,
+) -> list[tuple[str, int, float | None]]:
     """``(database, rows, age of the oldest row in seconds or None)`` for every database
-    that has the outbox table; a database that cannot be queried is logged and left out."""
+    that has the outbox table (also what ``cqrs_status`` shows).
+
+    A database that cannot be queried is left out and handed to ``on_error(alias, exc)``
+    (by default: logged).
+    """
     from django.apps import apps
     from django.db import DatabaseError, connections, router
     from django.db.models import Count, Min
@@ -281,11 +287,19 @@ def outbox_backlog() -> list[tuple[str, int, float | None]]:
         if not router.allow_migrate_model(alias, model):
             continue
         try:
-            if table not in connections[alias].introspection.table_names():
-                continue
-            figures = model.objects.using(alias).aggregate(rows=Count('id'), oldest=Min('created'))
+            with connections[alias].cursor() as cursor:
+                if table not in connections[alias].introspection.table_names(cursor):
+                    continue
+            figures = model._default_manager.using(alias).aggregate(
+                rows=Count('id'), oldest=Min('created')
+            )
         except DatabaseError as exc:
-            logger.error('CQRS metrics: the outbox of database %s cannot be read: %s', alias, exc)
+            if on_error is None:
+                logger.error(
+                    'CQRS metrics: the outbox of database %s cannot be read: %s', alias, exc
+                )
+            else:
+                on_error(alias, exc)
             continue
         oldest = figures['oldest']
         age = None if oldest is None else (django_timezone.now() - oldest).total_seconds()

@@ -16,12 +16,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, connections, router
-from django.db.models import Count, Min
+from django.db import DatabaseError
 from django.utils import timezone
 
+from dj_cqrs import metrics
 from dj_cqrs.conf import cqrs_settings
-from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.registries import MasterRegistry, ReplicaRegistry
 from dj_cqrs.replica_status import CQRSLagSample, CQRSReplicaStatus, database
 from dj_cqrs.transport import current_transport
@@ -171,25 +170,13 @@ def _models(status: Status) -> list[ReplicaModelStatus]:
 
 
 def _outbox(status: Status) -> list[OutboxStatus]:
-    table = CQRSOutboxMessage._meta.db_table
-    found = []
-    for alias in connections:
-        if not router.allow_migrate_model(alias, CQRSOutboxMessage):
-            continue
-        try:
-            with connections[alias].cursor() as cursor:
-                if table not in connections[alias].introspection.table_names(cursor):
-                    continue
-            figures = CQRSOutboxMessage._default_manager.using(alias).aggregate(
-                rows=Count('id'), oldest=Min('created')
-            )
-        except DatabaseError as exc:
-            status.database_error = status.database_error or f'{alias}: {_first_line(exc)}'
-            continue
-        oldest = figures['oldest']
-        age = None if oldest is None else max((timezone.now() - oldest).total_seconds(), 0.0)
-        found.append(OutboxStatus(alias, figures['rows'], age))
-    return found
+    def on_error(alias: str, exc: Exception) -> None:
+        status.database_error = status.database_error or f'{alias}: {_first_line(exc)}'
+
+    return [
+        OutboxStatus(alias, rows, None if age is None else max(age, 0.0))
+        for alias, rows, age in metrics.outbox_backlog(on_error)
+    ]
 
 
 def _first_line(exc: BaseException) -> str:
