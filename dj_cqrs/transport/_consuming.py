@@ -149,19 +149,17 @@ class Worker:
                 if recorder is not None:
                     recorder.begin()
                 outcomes = [self._apply(delivery) for delivery in ready]
+        applied = [delivery.payload for delivery, result, _ in outcomes if result]
         if recorder is not None:
             recorder.batch(len(ready))
-            recorder.applied(
-                [delivery.payload for delivery, result, _ in outcomes if result],
-                time.perf_counter() - started,
-            )
+            recorder.applied(applied, time.perf_counter() - started)
         self._ack_all([delivery.handle for delivery, result, _ in outcomes if result])
         for delivery, result, exc in outcomes:
             if result:
                 self.transport.log_consumed_accepted(delivery.payload)
             else:
                 self._fail(delivery, exc)
-        self._record_progress([delivery.payload for delivery, result, _ in outcomes if result])
+        self._record_progress(applied)
 
     def receive(self, delivery: Delivery) -> None:
         """Keep a delivery for the next batch (called from the transport's message callback)."""
