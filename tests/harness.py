@@ -798,3 +798,29 @@ def call_exiting(command: str, *args: str) -> tuple[int, str, str]:
     except SystemExit as exc:
         code = exc.code
     return code, out.getvalue(), err.getvalue()
+
+
+@contextmanager
+def full_queue(broker, names: dict, limit: int):
+    """The replica queue of ``names``, bound to ``simplest``, refusing publishes (nacks) beyond
+    ``limit`` messages while the block runs.
+
+    A policy sets max-length / reject-publish (the limit of the ``x-max-length`` and
+    ``x-overflow`` arguments), so that ``cqrs_consume`` can still declare the queue without
+    arguments. ``broker`` is a private node (``rabbitmqctl``).
+    """
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    channel = connection.channel()
+    channel.exchange_declare(names['exchange'], 'topic', durable=True)
+    channel.queue_declare(names['queue'], durable=True)
+    channel.queue_bind(names['queue'], names['exchange'], 'simplest')
+    connection.close()
+    policy = f'limit_{names["queue"]}'
+    broker.ctl(
+        'set_policy', policy, f'^{names["queue"]}$',
+        f'{{"max-length": {limit}, "overflow": "reject-publish"}}', '--apply-to', 'queues',
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        broker.ctl('clear_policy', policy)

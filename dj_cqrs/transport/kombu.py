@@ -255,21 +255,12 @@ class KombuTransport(BrokerTransportMixin, LoggingMixin, BaseTransport):
         bindings: dict[str, list] = {}
         for name, routing_key in replica_bindings(cqrs_ids):
             bindings.setdefault(name, []).append(kombu.binding(exchange, routing_key=routing_key))
-        dead_letter_name = cqrs_settings.replica.dead_letter_queue
         arguments = replica_queue_arguments()
-        queue = kombu.Queue(
-            queue_name,
-            exchange,
-            durable=True,
-            bindings=bindings[queue_name],
-            queue_arguments=arguments,
-        )
-        dead = kombu.Queue(
-            dead_letter_name,
-            exchange,
-            durable=True,
-            bindings=bindings[dead_letter_name],
-            queue_arguments=arguments,
+        queue, dead = (
+            kombu.Queue(
+                name, exchange, durable=True, bindings=bindings[name], queue_arguments=arguments
+            )
+            for name in (queue_name, cqrs_settings.replica.dead_letter_queue)
         )
         return queue, dead
 

@@ -28,6 +28,7 @@ from tests.harness import (
     MASTER_TABLE,
     OUTBOX,
     assert_replica_equals_master,
+    full_queue,
     make_changes,
     master_service,
     outbox_on,
@@ -170,21 +171,8 @@ LIMIT = 10
 def test_item_05_a_nacked_publish_makes_its_row_due_at_once(master, names, broker, replica_service):
     master(url=broker.url)
     replica = replica_service(url=broker.url)
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    channel = connection.channel()
-    channel.exchange_declare(names['exchange'], 'topic', durable=True)
-    channel.queue_declare(names['queue'], durable=True)
-    channel.queue_bind(names['queue'], names['exchange'], 'simplest')
-    connection.close()
-    # The queue refuses publishes beyond LIMIT messages (x-max-length + reject-publish, set by
-    # a policy so that cqrs_consume can still declare the queue without arguments).
-    policy = f'limit_{names["queue"]}'
-    broker.ctl(
-        'set_policy', policy, f'^{names["queue"]}$',
-        f'{{"max-length": {LIMIT}, "overflow": "reject-publish"}}', '--apply-to', 'queues',
-    )  # fmt: skip
     with outbox_on():
-        try:
+        with full_queue(broker, names, LIMIT):
             for pk in range(1, 16):
                 SimplestModel.objects.create(id=pk, name=f'row {pk}')
             # Reads the confirms (the nacks stay with the publisher, which retries them).
@@ -195,9 +183,6 @@ def test_item_05_a_nacked_publish_makes_its_row_due_at_once(master, names, broke
             assert sorted(int(pk) for pk in kept.values_list('instance_pk', flat=True)) == list(
                 range(LIMIT + 1, 16)
             ), 'exactly the refused messages are kept, marked failed'
-
-        finally:
-            broker.ctl('clear_policy', policy)
 
         replica.start('-w', '1')
         wait_for(lambda: replica.count() >= LIMIT, message='the accepted messages applied')

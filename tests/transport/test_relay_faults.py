@@ -13,13 +13,13 @@ import re
 import signal
 import subprocess
 
-import pika
 import pytest
 
 from tests.harness import (
     MASTER_TABLE,
     OUTBOX,
     SIMPLEST,
+    full_queue,
     handles_signal,
     make_changes,
     master_service,
@@ -113,20 +113,7 @@ def test_item_01d_nacked_messages_stay_in_the_outbox_until_the_queue_has_room(
 ):
     master = master_service(replica_service, broker.url)
     replica = replica_service(url=broker.url)
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
-    channel = connection.channel()
-    channel.exchange_declare(names['exchange'], 'topic', durable=True)
-    channel.queue_declare(names['queue'], durable=True)
-    channel.queue_bind(names['queue'], names['exchange'], 'simplest')
-    connection.close()
-    # A policy sets the queue's max-length / overflow: the same limit as the x-max-length and
-    # x-overflow arguments, but cqrs_consume can still declare the queue (without arguments).
-    policy = f'limit_{names["queue"]}'
-    broker.ctl(
-        'set_policy', policy, f'^{names["queue"]}$',
-        f'{{"max-length": {LIMIT}, "overflow": "reject-publish"}}', '--apply-to', 'queues',
-    )  # fmt: skip
-    try:
+    with full_queue(broker, names, LIMIT):
         created = make_changes(
             master,
             broker.url,
@@ -144,9 +131,6 @@ def test_item_01d_nacked_messages_stay_in_the_outbox_until_the_queue_has_room(
         # once per message (then in a periodic summary): no flood of republishes and lines
         # while the master waits at exit for the confirms.
         assert reports <= 2 * (15 - LIMIT), created.stderr
-
-    finally:
-        broker.ctl('clear_policy', policy)
 
     replica.start('-w', '1')
     wait_equal(
