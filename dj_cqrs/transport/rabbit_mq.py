@@ -453,13 +453,14 @@ class _Publisher:
         self._next_tag = 0
         pending = list(self._unconfirmed.values())
         self._unconfirmed.clear()
+        published = 0
         try:
-            while pending:
-                self._basic_publish(pending[0])
-                pending.pop(0)
+            for message in pending:
+                self._basic_publish(message)
+                published += 1
         finally:
             # Left over when the new connection broke too: kept for the next one.
-            for message in pending:
+            for message in pending[published:]:
                 self._next_tag += 1
                 self._unconfirmed[self._next_tag] = message
 
