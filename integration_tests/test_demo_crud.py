@@ -71,9 +71,9 @@ print(json.dumps({'book': pk}))
 
 def publishers(service):
     if service.queue is None:
-        rows = service.query('SELECT id, name, country, cqrs_revision FROM catalog_publisher')
+        rows = service.records('SELECT id, name, country, cqrs_revision FROM catalog_publisher')
     else:
-        rows = service.query(
+        rows = service.records(
             'SELECT id, publisher_name AS name, country, cqrs_revision FROM replica_publisher'
         )
     return {row['id']: row for row in rows}

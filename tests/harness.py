@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -315,8 +317,10 @@ def override_cqrs(*, master: dict | None = None, replica: dict | None = None, **
     return override_settings(CQRS=cqrs_settings(master=master, replica=replica, **top))
 
 
-def cqrs_settings_for(transport, url, names, **replica):
-    return {
+def cqrs_settings_for(transport, url, names, ssl_options=None, **replica):
+    """``settings.CQRS`` of a master publishing with ``transport`` to ``url`` under the test's
+    ``names`` (``ssl_options`` added when given; ``replica`` merged into its section)."""
+    settings = {
         'transport': transport,
         'url': url,
         'exchange': names['exchange'],
@@ -324,6 +328,9 @@ def cqrs_settings_for(transport, url, names, **replica):
         'master': {'CQRS_MESSAGE_TTL': 3600},
         'replica': {'CQRS_MAX_RETRIES': 3, 'CQRS_RETRY_DELAY': 1, **replica},
     }
+    if ssl_options is not None:
+        settings['ssl_options'] = ssl_options
+    return settings
 
 
 def settle_publisher(timeout: float = 10) -> None:
@@ -343,11 +350,13 @@ class Broker:
     itself: capture queues, queue counts, hand publishing.
 
     ``names`` is the dict of the ``names`` fixture, which deletes the queues named in it.
+    ``ssl_options`` (a ``pika.SSLOptions``) is for an ``amqps://`` URL.
     """
 
-    def __init__(self, url: str, names: dict) -> None:
+    def __init__(self, url: str, names: dict, ssl_options: pika.SSLOptions | None = None) -> None:
         self.url = url
         self.names = names
+        self.ssl_options = ssl_options
         self.exchange = names['exchange']
         self.suffix = names.get('suffix') or uuid.uuid4().hex[:10]
         self.connection = self.connect()
@@ -356,7 +365,10 @@ class Broker:
 
     def connect(self) -> pika.BlockingConnection:
         """A new connection to the broker (the caller closes it)."""
-        return pika.BlockingConnection(pika.URLParameters(self.url))
+        parameters = pika.URLParameters(self.url)
+        if self.ssl_options is not None:
+            parameters.ssl_options = self.ssl_options
+        return pika.BlockingConnection(parameters)
 
     def queue(self, name: str = 'replica') -> str:
         """A queue name unique to this test; it and its dead-letter queue are deleted after."""
@@ -379,13 +391,19 @@ class Broker:
             if connection.is_open:
                 connection.close()
 
-    def capture(self, routing_key: str = '#') -> str:
-        """Declare a queue bound to the test exchange; deleted by the ``names`` fixture."""
-        queue = f'capture_{uuid.uuid4().hex[:10]}'
+    def capture(self, routing_key: str = '#', *, name: str | None = None) -> str:
+        """Declare a queue (``name`` or a new one) bound to the test exchange; deleted by the
+        ``names`` fixture."""
+        queue = name or f'capture_{uuid.uuid4().hex[:10]}'
         self.names.setdefault('extra_queues', []).append(queue)
         self.channel.queue_declare(queue, durable=True)
         self.channel.queue_bind(queue, self.exchange, routing_key)
         return queue
+
+    def published_before_marker(self, queue: str) -> list[bytes]:
+        """What reached ``queue`` (a ``capture``) before a marker published now
+        (``bodies_before_marker``): an empty list proves that nothing was published."""
+        return bodies_before_marker(self.channel, self.exchange, queue)
 
     def count(self, queue: str) -> int:
         """Ready messages in ``queue`` (the queue must exist)."""
@@ -551,76 +569,282 @@ def assert_replica_equals_master(replica, timeout: float = 90) -> None:
     )
 
 
-class ReplicaService:
-    """A replica service: its own SQLite database and a ``cqrs_consume`` process."""
+# --- services run as processes -------------------------------------------------------------
 
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.db_path = tmp_path / f'replica-{uuid.uuid4().hex[:6]}.sqlite3'
-        self.log_path = self.db_path.with_suffix('.log')
-        self.env = {**os.environ, **env, 'CQRS_TEST_DB': str(self.db_path)}
-        self.env['DJANGO_SETTINGS_MODULE'] = 'tests.settings_broker'
-        self.env['PYTHONPATH'] = str(ROOT)
-        self.cwd = ROOT
-        self.command = [sys.executable, '-m', 'django']
+
+def last_json_line(output: str):
+    """The JSON document on the last non-empty line of a command's stdout."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines, 'the command printed nothing'
+    return json.loads(lines[-1])
+
+
+class SqliteDatabase:
+    """A service's SQLite file. SQL of ``query`` / ``records`` / ``execute`` uses ``?``."""
+
+    vendor = 'sqlite'
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f'<SQLite {self.path}>'
+
+    def _run(self, sql: str, params, row_factory=None):
+        connection = sqlite3.connect(self.path, timeout=30)
+        connection.row_factory = row_factory
+        try:
+            with connection:
+                cursor = connection.execute(sql, tuple(params))
+                return cursor.fetchall() if cursor.description else cursor.rowcount
+        finally:
+            connection.close()
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        return self._run(sql, params)
+
+    def records(self, sql: str, params=()) -> list[dict]:
+        return [dict(row) for row in self._run(sql, params, sqlite3.Row)]
+
+    def execute(self, sql: str, params=()) -> int:
+        """Change the database behind the service's back (committed); the rows changed."""
+        return self._run(sql, params)
+
+    def drop(self) -> None:
+        """Nothing to do: the file is in the test's temporary directory."""
+
+
+class PostgresDatabase:
+    """A service's database of its own on the PostgreSQL test server (``PG_SERVER``), made by
+    ``create`` and dropped by ``drop``; read and changed in autocommit mode.
+
+    SQL of ``query`` / ``records`` / ``execute`` uses ``?`` placeholders, as with SQLite.
+    """
+
+    vendor = 'postgresql'
+
+    def __init__(self, name: str) -> None:
+        touched('postgresql')
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f'<PostgreSQL database {self.name}>'
+
+    @classmethod
+    def create(cls, label: str, template: PostgresDatabase | None = None) -> PostgresDatabase:
+        """``CREATE DATABASE`` with a name unique to this run (a copy of ``template``)."""
+        from psycopg import sql
+
+        slug = ''.join(char if char.isalnum() else '_' for char in label.lower())[:30]
+        name = f'cqrs_t_{_RUN}_{next(_NUMBERS)}_{slug}'
+        statement = sql.SQL('CREATE DATABASE {}').format(sql.Identifier(name))
+        if template is not None:
+            statement += sql.SQL(' TEMPLATE {}').format(sql.Identifier(template.name))
+        pg_admin(statement)
+        return cls(name)
+
+    def _run(self, sql: str, params, row_factory=None):
+        from psycopg.rows import tuple_row
+
+        with pg_connect(self.name) as connection:
+            cursor = connection.cursor(row_factory=row_factory or tuple_row)
+            cursor.execute(sql.replace('%', '%%').replace('?', '%s'), tuple(params))
+            return cursor.fetchall() if cursor.description else cursor.rowcount
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        return self._run(sql, params)
+
+    def records(self, sql: str, params=()) -> list[dict]:
+        from psycopg.rows import dict_row
+
+        return self._run(sql, params, dict_row)
+
+    def execute(self, sql: str, params=()) -> int:
+        """Change the database behind the service's back (committed); the rows changed."""
+        return self._run(sql, params)
+
+    def drop(self) -> None:
+        """Drop the database, ending any session still on it."""
+        from psycopg import sql
+
+        pg_admin(
+            sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(self.name))
+        )
+
+
+# PostgreSQL database names: unique to this pytest run and to each database made in it.
+_RUN = uuid.uuid4().hex[:8]
+_NUMBERS = itertools.count(1)
+
+
+def new_database(vendor: str, label: str, path: Path, template=None):
+    """A new database of ``vendor``: the SQLite file ``path`` (a copy of ``template``'s file
+    when given), or a PostgreSQL database of its own (``PostgresDatabase.create``)."""
+    if vendor == 'postgresql':
+        return PostgresDatabase.create(label, template)
+    if template is not None:
+        shutil.copyfile(template.path, path)
+    return SqliteDatabase(path)
+
+
+class ManagedService:
+    """One Django service run as processes: a command prefix (``manage.py`` or
+    ``python -m django``), a working directory, an environment and a database of its own.
+
+    ``manage()`` runs a management command to completion; ``spawn()`` starts a long-running
+    one in its own process group, its output appended to ``log()``; ``start()`` / ``stop()``
+    run the service's ``cqrs_consume`` (``process``); ``close()`` ends every process it
+    started and drops its database. ``query()`` / ``records()`` / ``execute()`` read and change
+    the database (SQL with ``?`` placeholders).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cwd: Path,
+        command: list[str],
+        env: dict[str, str],
+        database: SqliteDatabase | PostgresDatabase,
+        log_path: Path,
+    ) -> None:
+        self.name = name
+        self.cwd = cwd
+        self.command = command
+        self.env = env
+        self.database = database
+        self.log_path = log_path
+        self.processes: list[subprocess.Popen] = []
         self.process: subprocess.Popen | None = None
-        self.manage('migrate', '--run-syncdb', '-v', '0')
 
-    def manage(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-        """Run a management command of this service and return the finished process."""
-        return subprocess.run(
-            [sys.executable, '-m', 'django', *args],
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {self.name} on {self.database!r}>'
+
+    # commands
+
+    def manage(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """Run a management command; with ``check``, fail the test (showing its output) unless
+        it exits with 0."""
+        result = subprocess.run(
+            [*self.command, *args],
+            cwd=self.cwd,
             env=self.env,
-            cwd=ROOT,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
             capture_output=True,
             text=True,
-            check=check,
-            timeout=kwargs.pop('timeout', 120),
-            **kwargs,
+            timeout=timeout,
         )
+        if check:
+            assert_succeeded(result, f'{self.name}: {" ".join(args)[:200]}')
+        return result
 
-    def start(self, *args: str) -> ReplicaService:
-        """Start ``cqrs_consume`` with ``args``."""
-        log = self.log_path.open('a')
-        self.process = subprocess.Popen(
-            [sys.executable, '-m', 'django', 'cqrs_consume', *args],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def shell(self, code: str):
+        """Run Python code with ``manage.py shell -c``; the JSON on its last stdout line."""
+        return last_json_line(self.manage('shell', '-c', code).stdout)
+
+    def shell_command(self, *args: str) -> str:
+        """A shell fragment running ``manage.py args`` in this service (``shell_command``)."""
+        return shell_command(self, *args)
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        """Start ``manage.py args`` in its own process group, its output going to ``log()``."""
+        with self.log_path.open('a') as log:
+            process = subprocess.Popen(
+                [*self.command, *args],
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ''
+
+    def log_tail(self, size: int = 3000) -> str:
+        return self.log()[-size:]
+
+    # the consumer
+
+    def start(self, *args: str) -> ManagedService:
+        """Start ``cqrs_consume`` with ``args`` (``process``)."""
+        self.process = self.spawn('cqrs_consume', *args)
         return self
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """Stop ``cqrs_consume`` (``stop_process``); its exit code, None if never started."""
+        process, self.process = self.process, None
+        return None if process is None else stop_process(process, timeout)
+
+    def close(self) -> None:
+        """End every process this service started, then drop its database."""
+        try:
+            for process in reversed(self.processes):
+                stop_process(process)
+            self.process = None
+        finally:
+            self.database.drop()
+
+    # the database
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self.database.query(sql, params)
+
+    def records(self, sql: str, params: tuple = ()) -> list[dict]:
+        return self.database.records(sql, params)
+
+    def execute(self, sql: str, params: tuple = ()) -> int:
+        """Change the database behind the service's back (committed); the rows changed."""
+        return self.database.execute(sql, params)
+
+    def rows(self, table: str, columns: str = '*') -> dict:
+        """Rows of a table keyed by id (as dicts)."""
+        return {row['id']: row for row in self.records(f'SELECT {columns} FROM {table}')}
+
+
+class ReplicaService(ManagedService):
+    """A service of the core test project (``tests.settings_broker``, ``python -m django``):
+    the replica (and master) apps with a database of its own, an SQLite file or, with
+    ``vendor='postgresql'``, a PostgreSQL database; migrated when made."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], vendor: str = 'sqlite') -> None:
+        name = f'replica-{uuid.uuid4().hex[:6]}'
+        self.directory = tmp_path
+        database = new_database(vendor, name, tmp_path / f'{name}.sqlite3')
+        if database.vendor == 'postgresql':
+            database_env = {'CQRS_TEST_DB_ENGINE': 'postgresql', 'CQRS_TEST_DB_NAME': database.name}
+        else:
+            database_env = {'CQRS_TEST_DB': str(database.path)}
+        super().__init__(
+            name,
+            cwd=ROOT,
+            command=[sys.executable, '-m', 'django'],
+            env={
+                **os.environ,
+                **env,
+                **database_env,
+                'DJANGO_SETTINGS_MODULE': 'tests.settings_broker',
+                'PYTHONPATH': str(ROOT),
+            },
+            database=database,
+            log_path=tmp_path / f'{name}.log',
+        )
+        self.manage('migrate', '--run-syncdb', '-v', '0')
 
     def wait_ready(self, workers: int = 1, timeout: float = 30) -> None:
         wait_for(
             lambda: self.log().count('CQRS consumer is ready') >= workers,
             timeout,
-            message=f'{workers} ready workers (log: {self.log()[-2000:]})',
+            message=f'{workers} ready workers (log: {self.log_tail(2000)})',
         )
 
-    def stop(self, timeout: float = 20) -> int | None:
-        """Stop ``cqrs_consume`` (``stop_process``); its exit code, None if never started."""
-        return None if self.process is None else stop_process(self.process, timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ''
-
-    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        connection = sqlite3.connect(self.db_path, timeout=30)
-        try:
-            return connection.execute(sql, params).fetchall()
-        finally:
-            connection.close()
-
-    def execute(self, sql: str, params: tuple = ()) -> int:
-        """Change the database behind the service's back (committed); the rows changed."""
-        connection = sqlite3.connect(self.db_path, timeout=30)
-        try:
-            with connection:
-                return connection.execute(sql, params).rowcount
-        finally:
-            connection.close()
-
-    def count(self, table: str = 'dj_replica_simplestreplica') -> int:
+    def count(self, table: str = SIMPLEST) -> int:
         return self.query(f'SELECT COUNT(*) FROM {table}')[0][0]
 
     def extend_settings(self, code: str) -> ReplicaService:
@@ -629,59 +853,13 @@ class ReplicaService:
         ``code`` is Python run at the end of a settings module of this service's own, e.g.
         ``"CQRS['master']['outbox'] = True"``; it applies to the next ``manage`` / ``start``.
         """
-        module = f'settings_{self.db_path.stem.replace("-", "_")}'
-        (self.db_path.parent / f'{module}.py').write_text(
+        module = f'settings_{self.name.replace("-", "_")}'
+        (self.directory / f'{module}.py').write_text(
             f'from tests.settings_broker import *  # noqa: F403\n\n{code}\n'
         )
-        self.env['PYTHONPATH'] = os.pathsep.join((str(ROOT), str(self.db_path.parent)))
+        self.env['PYTHONPATH'] = os.pathsep.join((str(ROOT), str(self.directory)))
         self.env['DJANGO_SETTINGS_MODULE'] = module
         return self
-
-    def spawn(self, *args: str) -> subprocess.Popen:
-        """Start ``manage.py <args>`` in the background, its output going to ``log()``."""
-        with self.log_path.open('a') as log:
-            return subprocess.Popen(
-                [sys.executable, '-m', 'django', *args],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def drop(self) -> None:
-        """Remove the service's database (the SQLite file goes with ``tmp_path``)."""
-
-
-class PostgresReplicaService(ReplicaService):
-    """A replica service whose database is a PostgreSQL database of its own.
-
-    The server is the one of ``tests.settings_pg`` (``CQRS_TEST_PG_*`` variables); the
-    database is created here and dropped by ``drop()``.
-    """
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        touched('postgresql')
-        self.pg_name = f'cqrs_transport_{uuid.uuid4().hex[:12]}'
-        pg_admin(f'CREATE DATABASE {self.pg_name}')
-        super().__init__(
-            tmp_path,
-            {**env, 'CQRS_TEST_DB_ENGINE': 'postgresql', 'CQRS_TEST_DB_NAME': self.pg_name},
-        )
-
-    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        import psycopg
-
-        with psycopg.connect(dbname=self.pg_name, autocommit=True, **PG_SERVER) as connection:
-            return connection.execute(sql.replace('?', '%s'), params).fetchall()
-
-    def execute(self, sql: str, params: tuple = ()) -> int:
-        import psycopg
-
-        with psycopg.connect(dbname=self.pg_name, autocommit=True, **PG_SERVER) as connection:
-            return connection.execute(sql.replace('?', '%s'), params).rowcount
-
-    def drop(self) -> None:
-        pg_admin(f'DROP DATABASE IF EXISTS {self.pg_name} WITH (FORCE)')
 
 
 # --- helpers of the fault tests ----------------------------------------------------------------
@@ -733,12 +911,12 @@ def relay_outbox() -> str:
 def write_lock(replica, vendor):
     """Block the replica's writes to the simplest table until exit."""
     if vendor == 'sqlite':
-        with sqlite_write_lock(replica.db_path):
+        with sqlite_write_lock(replica.database.path):
             yield
         return
     import psycopg
 
-    with psycopg.connect(dbname=replica.pg_name, **PG_SERVER) as connection:
+    with psycopg.connect(dbname=replica.database.name, **PG_SERVER) as connection:
         connection.execute('LOCK TABLE dj_replica_simplestreplica IN EXCLUSIVE MODE')
         yield
         connection.rollback()

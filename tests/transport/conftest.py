@@ -13,7 +13,6 @@ from django.test import override_settings
 
 from tests.harness import (
     RABBIT,
-    PostgresReplicaService,
     ReplicaService,
     clean_redis,
     cqrs_settings_for,
@@ -41,8 +40,8 @@ def master(names, amqp_url):
     between tests.
     """
 
-    def configure(transport=RABBIT, url=None, **replica):
-        settings = cqrs_settings_for(transport, url or amqp_url, names, **replica)
+    def configure(transport=RABBIT, url=None, ssl_options=None, **replica):
+        settings = cqrs_settings_for(transport, url or amqp_url, names, ssl_options, **replica)
         override = override_settings(CQRS=settings)
         override.enable()
         overrides.append(override)
@@ -77,15 +76,13 @@ def replica_service(tmp_path, names, amqp_url):
         }
         if queue and queue != names['queue']:
             names.setdefault('extra_queues', []).extend([queue, f'dead_letter_{queue}'])
-        kind = PostgresReplicaService if vendor == 'postgresql' else ReplicaService
-        service = kind(tmp_path, service_env)
+        service = ReplicaService(tmp_path, service_env, vendor)
         services.append(service)
         return service
 
     yield make
     for service in services:
-        service.stop()
-        service.drop()
+        service.close()
 
 
 @pytest.fixture(scope='module')

@@ -96,7 +96,7 @@ def test_item_01b_held_write_lock_makes_the_batch_fall_back_to_one_by_one(
 
     # A 5 s busy timeout instead of 30 s: the batch gives up on the lock sooner.
     replica = replica_service().extend_settings("DATABASES['default']['OPTIONS']['timeout'] = 5")
-    with sqlite_write_lock(replica.db_path):
+    with sqlite_write_lock(replica.database.path):
         replica.start('-w', '1')
         wait_for(
             lambda: BATCH_FAILED.search(replica.log()),

@@ -90,7 +90,7 @@ def test_item_01_stop_app_while_a_thread_saves_with_the_outbox_then_relay(
 ):
     master(url=broker.url)
     replica = replica_service(url=broker.url)
-    with sqlite3.connect(replica.db_path) as connection:
+    with sqlite3.connect(replica.database.path) as connection:
         connection.executescript(WRITES)
     replica.start('-w', '1').wait_ready()
 

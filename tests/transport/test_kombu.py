@@ -158,7 +158,7 @@ def test_consumer_prefetch_count_is_applied(master, replica_service, names, amqp
     replica.wait_ready()
     master()
 
-    with sqlite_write_lock(replica.db_path):
+    with sqlite_write_lock(replica.database.path):
         for pk in range(1, 21):
             SimplestModel.objects.create(id=pk, name=f'row {pk}')
         wait_for(

@@ -77,7 +77,7 @@ def test_item_01g_two_workers_on_postgresql_keep_the_last_revision(names, broker
     table = 'dj_replica_lockedreplica'
     # Any UPDATE that takes the row's revision backwards is recorded, even if a later one
     # puts it forward again: a lost update in the middle of the stream shows.
-    with psycopg.connect(dbname=replica.pg_name, autocommit=True, **PG_SERVER) as connection:
+    with psycopg.connect(dbname=replica.database.name, autocommit=True, **PG_SERVER) as connection:
         connection.execute(REGRESSIONS_TRIGGER.replace('TABLE_NAME', table))
     replica.start('-w', '2')
     replica.wait_ready(workers=2)

@@ -534,7 +534,7 @@ def test_sigterm_stops_gracefully_and_loses_nothing(master, names, broker, repli
     replica = replica_service(CQRS_TEST_DELAY_QUEUE=prefetch - 1)
     # Consumption held back: both workers take their prefetch and wait for the write lock, so
     # SIGTERM comes with deliveries in flight whatever the speed of the machine.
-    with sqlite_write_lock(replica.db_path):
+    with sqlite_write_lock(replica.database.path):
         replica.start('-w', '2')
         replica.wait_ready(2)
         wait_for(

@@ -92,7 +92,7 @@ def test_sigkill_of_a_worker_mid_stream_loses_nothing(master, names, broker, rep
         os.kill(pid, signal.SIGSTOP)
     try:
         expected = publish_rows(first=BATCH)
-        with sqlite_write_lock(replica.db_path):
+        with sqlite_write_lock(replica.database.path):
             for pid in workers:
                 os.kill(pid, signal.SIGCONT)
             wait_for(

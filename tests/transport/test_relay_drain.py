@@ -146,7 +146,7 @@ def test_item_05_manage_py_relay_once_right_after_an_outage(broker, names, repli
     finally:
         broker.start_app()
     assert master.query(f'SELECT COUNT(*), COUNT(failed_at) FROM {OUTBOX}') == [(SAVES, SAVES)]
-    with sqlite3.connect(master.db_path) as connection:
+    with sqlite3.connect(master.database.path) as connection:
         connection.execute(f"UPDATE {OUTBOX} SET created = strftime('%Y-%m-%d %H:%M:%f', 'now')")
 
     relayed = master.manage('cqrs_relay', '--once')

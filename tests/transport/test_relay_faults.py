@@ -121,16 +121,13 @@ def test_item_01d_nacked_messages_stay_in_the_outbox_until_the_queue_has_room(
             'for pk in range(1, 16):\n'
             "    SimplestModel.objects.create(id=pk, name=f'row {pk}')\n",
         )
-        reports = len(re.findall(r'refused|nack', created.stderr, re.IGNORECASE))
-        print(f'{reports} log lines report the {15 - LIMIT} refused messages')
+        refused = created.stderr.count('CQRS message was refused by the broker')
         assert queue_depth(broker.url, names['queue']) == LIMIT
         kept = sorted(int(pk) for (pk,) in master.query(f'SELECT instance_pk FROM {OUTBOX}'))
         assert kept == list(range(LIMIT + 1, 16)), 'exactly the refused messages are kept'
-        assert reports >= 15 - LIMIT, 'each nack is reported'
-        # Refused messages are published again with a growing delay, and a refusal is logged
-        # once per message (then in a periodic summary): no flood of republishes and lines
-        # while the master waits at exit for the confirms.
-        assert reports <= 2 * (15 - LIMIT), created.stderr
+        # The first refusal of each message is logged once; later refusals of the same message
+        # (it is published again while the master waits at exit) only in the periodic summary.
+        assert refused == 15 - LIMIT, created.stderr
 
     replica.start('-w', '1')
     wait_equal(
@@ -171,7 +168,7 @@ def test_item_01e_relay_daemon_stops_on_sigterm_and_loses_no_row(amqp_url, names
     daemon = ('cqrs_relay', '--min-age', '0', '--batch', '20', '--interval', '60')
 
     # SIGTERM while the daemon waits for the database to start its first batch.
-    with sqlite_write_lock(master.db_path):
+    with sqlite_write_lock(master.database.path):
         relay = master.spawn(*daemon)
         try:
             wait_for(

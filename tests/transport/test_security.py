@@ -12,7 +12,6 @@ also read back over TLS with pika directly.
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import traceback
@@ -22,18 +21,10 @@ import pika
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.test import override_settings
 
 from dj_cqrs.transport import RabbitMQTransport, current_transport
 from tests.dj_master.models import SimplestModel
-from tests.harness import (
-    KOMBU,
-    RABBIT,
-    bodies_before_marker,
-    cqrs_settings_for,
-    reset_publisher,
-    wait_for,
-)
+from tests.harness import KOMBU, RABBIT, Broker, wait_for
 from tests.transport.private_broker import _free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,86 +54,28 @@ def full_ssl_options(broker, **changes):
     return {key: value for key, value in options.items() if value is not None}
 
 
-class Probe:
-    """A pika connection of the test itself (over TLS or not) with capture queues."""
-
-    def __init__(self, broker, exchange, vhost='%2F', tls=True):
-        if tls:
-            certs = broker.certificates
-            context = ssl.create_default_context(cafile=certs['ca'])
-            context.load_cert_chain(certs['client_cert'], certs['client_key'])
-            params = pika.URLParameters(tls_url(broker, vhost=vhost))
-            params.ssl_options = pika.SSLOptions(context, 'localhost')
-        else:
-            params = pika.URLParameters(f'amqp://guest:guest@127.0.0.1:{broker.port}/{vhost}')
-        self.exchange = exchange
-        self.connection = pika.BlockingConnection(params)
-        self.channel = self.connection.channel()
-        self.channel.exchange_declare(exchange, 'topic', durable=True)
-
-    def capture(self, name=None, routing_key='#'):
-        name = name or f'capture_{uuid.uuid4().hex[:10]}'
-        self.channel.queue_declare(name, auto_delete=False)
-        self.channel.queue_bind(name, self.exchange, routing_key)
-        return name
-
-    def published_before_marker(self, queue):
-        """What reached ``queue`` before a marker the probe publishes now (see conftest)."""
-        return bodies_before_marker(self.channel, self.exchange, queue)
-
-    def take(self, queue, timeout=30):
-        """One message body (dict) from ``queue``, waiting for it."""
-        got = []
-
-        def collect():
-            method, _properties, body = self.channel.basic_get(queue, auto_ack=True)
-            if method is not None:
-                got.append(json.loads(body))
-            return got
-
-        wait_for(collect, timeout, message=f'a message in {queue}')
-        return got[0]
-
-    def close(self):
-        if self.connection.is_open:
-            self.connection.close()
-
-
 @pytest.fixture
 def probes(tls_broker, names):
+    """Factory of the test's own pika connections to the TLS node (``Broker``), over TLS with
+    the client certificate or, with ``tls=False``, on the plain listener; closed at the end."""
     made = []
 
     def make(vhost='%2F', tls=True):
-        probe = Probe(tls_broker, names['exchange'], vhost=vhost, tls=tls)
+        if tls:
+            certs = tls_broker.certificates
+            context = ssl.create_default_context(cafile=certs['ca'])
+            context.load_cert_chain(certs['client_cert'], certs['client_key'])
+            probe = Broker(
+                tls_url(tls_broker, vhost=vhost), names, pika.SSLOptions(context, 'localhost')
+            )
+        else:
+            probe = Broker(f'amqp://guest:guest@127.0.0.1:{tls_broker.port}/{vhost}', names)
         made.append(probe)
         return probe
 
     yield make
     for probe in made:
         probe.close()
-
-
-@pytest.fixture
-def publisher(names):
-    """Make this process a master publishing with ``transport`` to ``url`` (+ ``ssl_options``)."""
-    reset_publisher()
-    overrides = []
-
-    def configure(transport, url, ssl_options=None):
-        settings = cqrs_settings_for(transport, url, names)
-        if ssl_options is not None:
-            settings['ssl_options'] = ssl_options
-        override = override_settings(CQRS=settings)
-        override.enable()
-        overrides.append(override)
-        return settings
-
-    yield configure
-    if overrides:
-        RabbitMQTransport.flush(timeout=5)
-    reset_publisher()
-    for override in reversed(overrides):
-        override.disable()
 
 
 @pytest.fixture(scope='module')
@@ -175,7 +108,7 @@ def ssl_connections(broker):
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
 def test_tls_save_reaches_a_replica_service(
-    tls_broker, names, replica_service, publisher, probes, transport
+    tls_broker, names, replica_service, master, probes, transport
 ):
     url = tls_url(tls_broker)
     replica = replica_service(
@@ -185,7 +118,7 @@ def test_tls_save_reaches_a_replica_service(
     replica.wait_ready()
     probe = probes()
     capture = probe.capture()
-    publisher(transport, url, full_ssl_options(tls_broker))
+    master(transport, url, full_ssl_options(tls_broker))
 
     SimplestModel.objects.create(id=1, name='over tls')
     flush(transport)
@@ -194,7 +127,7 @@ def test_tls_save_reaches_a_replica_service(
         lambda: replica.query(f'SELECT id, name FROM {SIMPLEST}') == [(1, 'over tls')],
         message=f'the replica row (log: {replica.log()[-2000:]})',
     )
-    body = probe.take(capture)
+    [(_key, _properties, body)] = probe.take(capture, 1)
     assert body['signal_type'] == 'SAVE'
     assert body['cqrs_id'] == 'simplest'
     assert body['instance_pk'] == 1
@@ -207,12 +140,12 @@ def test_tls_save_reaches_a_replica_service(
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
 def test_tls_without_the_ca_the_publish_fails_and_is_logged(
-    tls_broker, publisher, probes, caplog, transport
+    tls_broker, master, probes, caplog, transport
 ):
     caplog.set_level(logging.DEBUG, logger='django-cqrs')
     probe = probes()
     capture = probe.capture()
-    publisher(transport, tls_url(tls_broker), full_ssl_options(tls_broker, ca_certs=None))
+    master(transport, tls_url(tls_broker), full_ssl_options(tls_broker, ca_certs=None))
 
     SimplestModel.objects.create(id=1, name='untrusted broker')
 
@@ -225,13 +158,13 @@ def test_tls_without_the_ca_the_publish_fails_and_is_logged(
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
 def test_tls_server_hostname_must_match_the_certificate(
-    tls_broker, publisher, probes, caplog, transport
+    tls_broker, master, probes, caplog, transport
 ):
     caplog.set_level(logging.DEBUG, logger='django-cqrs')
     probe = probes()
     capture = probe.capture()
     options = full_ssl_options(tls_broker, server_hostname='not-the-broker.example')
-    publisher(transport, tls_url(tls_broker), options)
+    master(transport, tls_url(tls_broker), options)
 
     SimplestModel.objects.create(id=1, name='wrong host')
 
@@ -241,14 +174,14 @@ def test_tls_server_hostname_must_match_the_certificate(
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
 def test_tls_checks_the_url_host_when_no_server_hostname_is_given(
-    tls_broker, publisher, probes, caplog, transport
+    tls_broker, master, probes, caplog, transport
 ):
     """127.0.0.2 reaches the broker but is not in its certificate (localhost, 127.0.0.1)."""
     caplog.set_level(logging.DEBUG, logger='django-cqrs')
     probe = probes()
     capture = probe.capture()
     options = full_ssl_options(tls_broker, server_hostname=None)
-    publisher(transport, tls_url(tls_broker, host='127.0.0.2'), options)
+    master(transport, tls_url(tls_broker, host='127.0.0.2'), options)
 
     SimplestModel.objects.create(id=1, name='host not in the certificate')
     flush(transport)
@@ -258,21 +191,21 @@ def test_tls_checks_the_url_host_when_no_server_hostname_is_given(
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
-def test_tls_url_host_in_the_certificate_is_accepted(tls_broker, publisher, probes, transport):
+def test_tls_url_host_in_the_certificate_is_accepted(tls_broker, master, probes, transport):
     probe = probes()
     capture = probe.capture()
     options = full_ssl_options(tls_broker, server_hostname=None)
-    publisher(transport, tls_url(tls_broker, host='127.0.0.1'), options)
+    master(transport, tls_url(tls_broker, host='127.0.0.1'), options)
 
     SimplestModel.objects.create(id=1, name='by ip')
     flush(transport)
 
-    assert probe.take(capture)['instance_data']['name'] == 'by ip'
+    assert probe.take(capture, 1)[0][2]['instance_data']['name'] == 'by ip'
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
 def test_tls_check_hostname_false_accepts_another_name(
-    tls_broker, publisher, probes, caplog, transport
+    tls_broker, master, probes, caplog, transport
 ):
     caplog.set_level(logging.DEBUG, logger='django-cqrs')
     probe = probes()
@@ -280,47 +213,47 @@ def test_tls_check_hostname_false_accepts_another_name(
     options = full_ssl_options(
         tls_broker, server_hostname='not-the-broker.example', check_hostname=False
     )
-    publisher(transport, tls_url(tls_broker), options)
+    master(transport, tls_url(tls_broker), options)
 
     SimplestModel.objects.create(id=1, name='no hostname check')
     flush(transport)
 
     assert cqrs_errors(caplog) == []
-    assert probe.take(capture)['instance_data']['name'] == 'no hostname check'
+    assert probe.take(capture, 1)[0][2]['instance_data']['name'] == 'no hostname check'
 
 
 # --- vhost --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
-def test_vhost_of_the_url_is_used(vhost_broker, names, publisher, probes, transport):
+def test_vhost_of_the_url_is_used(vhost_broker, names, master, probes, transport):
     in_vhost = probes(vhost=VHOST, tls=False)
     in_root = probes(tls=False)
     queue = f'vhost_probe_{uuid.uuid4().hex[:8]}'
-    in_vhost.capture(queue)
-    in_root.capture(queue)
-    publisher(transport, f'amqp://guest:guest@127.0.0.1:{vhost_broker.port}/{VHOST}')
+    in_vhost.capture(name=queue)
+    in_root.capture(name=queue)
+    master(transport, f'amqp://guest:guest@127.0.0.1:{vhost_broker.port}/{VHOST}')
 
     SimplestModel.objects.create(id=1, name='in the vhost')
     flush(transport)
 
-    assert in_vhost.take(queue)['instance_data']['name'] == 'in the vhost'
+    assert in_vhost.take(queue, 1)[0][2]['instance_data']['name'] == 'in the vhost'
     assert in_root.published_before_marker(queue) == []
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
-def test_vhost_over_tls(vhost_broker, names, publisher, probes, transport):
+def test_vhost_over_tls(vhost_broker, names, master, probes, transport):
     in_vhost = probes(vhost=VHOST)
     in_root = probes()
     queue = f'vhost_probe_{uuid.uuid4().hex[:8]}'
-    in_vhost.capture(queue)
-    in_root.capture(queue)
-    publisher(transport, tls_url(vhost_broker, vhost=VHOST), full_ssl_options(vhost_broker))
+    in_vhost.capture(name=queue)
+    in_root.capture(name=queue)
+    master(transport, tls_url(vhost_broker, vhost=VHOST), full_ssl_options(vhost_broker))
 
     SimplestModel.objects.create(id=1, name='tls vhost')
     flush(transport)
 
-    assert in_vhost.take(queue)['instance_data']['name'] == 'tls vhost'
+    assert in_vhost.take(queue, 1)[0][2]['instance_data']['name'] == 'tls vhost'
     assert in_root.published_before_marker(queue) == []
 
 
@@ -344,10 +277,10 @@ def assert_no_password_in(exc):
 
 @pytest.mark.parametrize('target', ['closed-port', 'wrong-password', 'wrong-password-tls'])
 @pytest.mark.parametrize('transport', TRANSPORTS)
-def test_password_never_appears_in_logs_or_errors(tls_broker, publisher, caplog, transport, target):
+def test_password_never_appears_in_logs_or_errors(tls_broker, master, caplog, transport, target):
     caplog.set_level(logging.DEBUG)
     url = password_urls(tls_broker)[target]
-    publisher(transport, url, full_ssl_options(tls_broker) if url.startswith('amqps') else None)
+    master(transport, url, full_ssl_options(tls_broker) if url.startswith('amqps') else None)
 
     SimplestModel.objects.create(id=1, name='not published')
 

@@ -110,7 +110,7 @@ def test_item_04_tombstones_off_keeps_the_old_behaviour(names, broker, replica_s
 def test_item_04_worker_purges_old_tombstones(names, broker, replica_service):
     replica = replica_service().extend_settings("CQRS['replica']['tombstone_ttl'] = 3600")
     now = datetime.now(timezone.utc).replace(tzinfo=None)  # as Django stores it in SQLite
-    with sqlite3.connect(replica.db_path) as connection:
+    with sqlite3.connect(replica.database.path) as connection:
         connection.executemany(
             'INSERT INTO dj_cqrs_tombstone (cqrs_id, instance_pk, cqrs_revision, cqrs_updated, '
             'created) VALUES (?, ?, 1, ?, ?)',
