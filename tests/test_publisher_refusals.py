@@ -108,8 +108,7 @@ def test_a_refused_message_is_reported_to_its_callback_and_logged_once(clock, pu
 
     errors = [text for level, text in refusal_logs(caplog) if level == 'ERROR']
     assert errors == [
-        'CQRS message was refused by the broker (routing key simplest); '
-        'publishing it again later.'
+        'CQRS message was refused by the broker (routing key simplest); publishing it again later.'
     ]
     assert reports == [False], 'the producer hears of the first refusal only'
 
