@@ -1002,3 +1002,27 @@ def full_queue(broker, names: dict, limit: int):
         yield
     finally:
         broker.ctl('clear_policy', policy)
+
+
+# --- payloads and message bodies ---------------------------------------------------------------
+
+PAYLOAD_UPDATED = '2024-05-01 10:00:00+00:00'
+
+
+def instance_data(pk=1, rev: int = 0, updated: str = PAYLOAD_UPDATED, **fields) -> dict:
+    """A row's ``instance_data`` as a master publishes it: ``id``, ``fields``, ``cqrs_revision``
+    and ``cqrs_updated``; without ``fields`` it is what a DELETE carries."""
+    return {'id': pk, **fields, 'cqrs_revision': rev, 'cqrs_updated': updated}
+
+
+def payload(signal_type: str, cqrs_id: str, data, pk=None, **kwargs):
+    """A ``dj_cqrs.dataclasses.TransportPayload`` of ``data`` (e.g. ``instance_data(...)``).
+
+    ``pk`` defaults to ``data['id']`` (None when ``data`` is not a dict); ``kwargs`` are the
+    payload's own (``previous_data``, ``correlation_id``, ``retries``, ``meta``, ...).
+    """
+    from dj_cqrs.dataclasses import TransportPayload
+
+    if pk is None and isinstance(data, dict):
+        pk = data.get('id')
+    return TransportPayload(signal_type, cqrs_id, data, pk, **kwargs)

@@ -18,7 +18,6 @@ from django.test.utils import CaptureQueriesContext
 
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import consumer
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.managers import ReplicaManager, batch_kind
 from dj_cqrs.models import CQRSTombstone
 from tests.dj_replica.models import (
@@ -34,8 +33,9 @@ from tests.dj_replica.models import (
     TreeReplica,
     UUIDReplica,
 )
+from tests.harness import PAYLOAD_UPDATED as UPDATED
+from tests.harness import instance_data, payload
 
-UPDATED = '2024-05-01 10:00:00+00:00'
 LATER = '2024-05-02 10:00:00+00:00'  # a row the master created again after deleting it
 MODELS = (
     SimplestReplica,
@@ -49,9 +49,9 @@ MODELS = (
 
 
 def save(pk, rev, cqrs_id='simplest', signal_type=SignalType.SAVE, updated=UPDATED, **fields):
-    data = {'id': pk, 'name': f'{cqrs_id} {pk} r{rev}', **fields}
-    data.update(cqrs_revision=rev, cqrs_updated=updated)
-    return TransportPayload(signal_type, cqrs_id, data, pk)
+    """A SAVE (or ``signal_type``) of row ``pk`` named after its model, pk and revision."""
+    fields = {'name': f'{cqrs_id} {pk} r{rev}', **fields}
+    return payload(signal_type, cqrs_id, instance_data(pk, rev, updated, **fields))
 
 
 def sync(pk, rev, cqrs_id='simplest', **fields):
@@ -59,8 +59,7 @@ def sync(pk, rev, cqrs_id='simplest', **fields):
 
 
 def delete(pk, cqrs_id='simplest', rev=9):
-    data = {'id': pk, 'cqrs_revision': rev, 'cqrs_updated': UPDATED}
-    return TransportPayload(SignalType.DELETE, cqrs_id, data, pk)
+    return payload(SignalType.DELETE, cqrs_id, instance_data(pk, rev))
 
 
 def rows():
@@ -225,7 +224,7 @@ def test_item_01_mixed_creates_updates_stale_and_deletes_of_the_same_pks(caplog)
         {'id': 9, 'name': 'no revision'},  # Sync fields are not provided: None
         delete(None),  # a DELETE without pk
     ]
-    payloads[17] = TransportPayload(SignalType.SAVE, 'simplest', payloads[17], 9)
+    payloads[17] = payload(SignalType.SAVE, 'simplest', payloads[17])
     payloads[18].instance_data.pop('id')
     initial = [
         make(SimplestReplica, 2, 2),

@@ -17,7 +17,6 @@ from django.utils import timezone
 from dj_cqrs import constants
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller.consumer import consume, route_signal_to_replica_model
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.delay import DelayMessage, DelayQueue
 from dj_cqrs.logger import LastQueryCapturer, install_last_query_capturer
 from dj_cqrs.registries import ReplicaRegistry
@@ -37,13 +36,9 @@ from tests.dj_replica.models import (
     PlainFKReplica,
     SimplestReplica,
 )
-from tests.harness import override_cqrs
-
-UPDATED = '2024-05-01 10:00:00+00:00'
-
-
-def data(pk=1, rev=0, **fields):
-    return {'id': pk, **fields, 'cqrs_revision': rev, 'cqrs_updated': UPDATED}
+from tests.harness import PAYLOAD_UPDATED as UPDATED
+from tests.harness import instance_data as data
+from tests.harness import override_cqrs, payload
 
 
 def route(signal_type, cqrs_id, instance_data, **kwargs):
@@ -119,7 +114,7 @@ def test_item_13_no_db_operations_without_hooks_raises_not_implemented():
     with pytest.raises(NotImplementedError):
         NoDBWithoutHooksReplica.cqrs_delete(data(1))
     with pytest.raises(NotImplementedError):
-        consume(TransportPayload(SignalType.SAVE, 'no_db_without_hooks', data(1, name='a'), 1))
+        consume(payload(SignalType.SAVE, 'no_db_without_hooks', data(1, name='a')))
 
     assert not NoDBWithoutHooksReplica.objects.exists()
 
@@ -288,8 +283,8 @@ def test_item_17_worker_retries_on_a_none_result_then_dead_letters(cqrs_logs):
         publish=lambda key, body, expiration: published.append(key),
         delay_queue_max_size=10,
     )
-    body = TransportPayload(
-        SignalType.SAVE, 'db_error', data(1, name='a', fail_times=99), 1, retries=4
+    body = payload(
+        SignalType.SAVE, 'db_error', data(1, name='a', fail_times=99), retries=4
     ).to_dict()
     worker.handle_batch([Delivery(ujson_dumps(body), 'db_error', 'tag-1')])
 
@@ -374,9 +369,7 @@ def test_item_28_two_models_with_one_cqrs_id():
 
 
 def _payload():
-    return TransportPayload(
-        SignalType.SAVE, 'logged', {'id': 7}, 7, correlation_id='corr-1', retries=2
-    )
+    return payload(SignalType.SAVE, 'logged', {'id': 7}, correlation_id='corr-1', retries=2)
 
 
 @pytest.mark.parametrize(
@@ -453,14 +446,14 @@ def test_item_28_unusable_body_lines(body, line):
 # --- item 29: dj_cqrs.delay, dj_cqrs.logger, apply_query_timeouts, constants -----------------
 
 
-def _message(tag, seconds):
+def _delayed(tag, seconds):
     return DelayMessage(tag, _payload(), timezone.now() + timedelta(seconds=seconds))
 
 
 def test_item_29_delay_queue_orders_by_eta():
     delay_queue = DelayQueue()
     for tag, seconds in (('late', 300), ('past', -10), ('soon', 100), ('older', -20)):
-        delay_queue.put(_message(tag, seconds))
+        delay_queue.put(_delayed(tag, seconds))
 
     assert delay_queue.qsize() == 4
     assert [m.delivery_tag for m in delay_queue.get_ready()] == ['older', 'past']
@@ -473,13 +466,13 @@ def test_item_29_delay_queue_orders_by_eta():
 
 def test_item_29_delay_queue_max_size():
     delay_queue = DelayQueue(max_size=2)
-    delay_queue.put(_message(1, 10))
+    delay_queue.put(_delayed(1, 10))
     assert not delay_queue.full()
-    delay_queue.put(_message(2, 5))
+    delay_queue.put(_delayed(2, 5))
 
     assert delay_queue.full()
     with pytest.raises(queue.Full):
-        delay_queue.put(_message(3, 1))
+        delay_queue.put(_delayed(3, 1))
     assert delay_queue.qsize() == 2
     with pytest.raises(AssertionError):
         DelayQueue(max_size=0)
@@ -566,7 +559,7 @@ def test_item_29_consumer_applies_timeouts_through_apply_query_timeouts(mocker):
     from dj_cqrs.controller import consumer
 
     spy = mocker.spy(consumer, 'apply_query_timeouts')
-    assert consume(TransportPayload(SignalType.SAVE, 'simplest', data(1, name='a'), 1))
+    assert consume(payload(SignalType.SAVE, 'simplest', data(1, name='a')))
 
     spy.assert_called_once_with(SimplestReplica, 'default')
 

@@ -52,10 +52,6 @@ def restore_registries():
         yield
 
 
-def _message(excinfo):
-    return str(excinfo.value)
-
-
 # --- sanity: the fixture and a valid model -------------------------------------------------
 
 
@@ -95,7 +91,7 @@ def test_master_missing_cqrs_id():
             class Meta:
                 app_label = 'dj_master'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgNoIdMaster' in message
     assert 'CQRS_ID' in message
     assert None not in MasterRegistry.models
@@ -110,8 +106,8 @@ def test_master_empty_cqrs_id():
             class Meta:
                 app_label = 'dj_master'
 
-    assert 'CfgEmptyIdMaster' in _message(excinfo)
-    assert 'CQRS_ID' in _message(excinfo)
+    assert 'CfgEmptyIdMaster' in str(excinfo.value)
+    assert 'CQRS_ID' in str(excinfo.value)
 
 
 def test_master_duplicate_cqrs_id_names_both_models():
@@ -124,7 +120,7 @@ def test_master_duplicate_cqrs_id_names_both_models():
             class Meta:
                 app_label = 'dj_master'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CQRS_ID' in message
     assert 'simplest' in message
     assert 'CfgDuplicateMaster' in message
@@ -144,7 +140,7 @@ def test_master_cqrs_fields_unknown_name():
             class Meta:
                 app_label = 'dj_master'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgUnknownFieldMaster' in message
     assert 'CQRS_FIELDS' in message
     assert 'no_such_field' in message
@@ -163,7 +159,7 @@ def test_master_cqrs_fields_duplicate_name():
             class Meta:
                 app_label = 'dj_master'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgDupFieldMaster' in message
     assert 'CQRS_FIELDS' in message
     assert 'cfg_dup_field' not in MasterRegistry.models
@@ -181,7 +177,7 @@ def test_master_cqrs_fields_without_pk():
             class Meta:
                 app_label = 'dj_master'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgNoPkFieldsMaster' in message
     assert 'CQRS_FIELDS' in message
     assert "'id'" in message
@@ -201,7 +197,7 @@ def test_master_cqrs_fields_with_custom_pk_name():
             class Meta:
                 app_label = 'dj_master'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgCustomPkMaster' in message
     assert 'CQRS_FIELDS' in message
 
@@ -219,7 +215,7 @@ def test_master_cqrs_fields_with_serializer():
             class Meta:
                 app_label = 'dj_master'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgFieldsAndSerializerMaster' in message
     assert 'CQRS_FIELDS' in message
     assert 'CQRS_SERIALIZER' in message
@@ -251,7 +247,7 @@ def test_master_tracked_fields_unknown_field():
             class Meta:
                 app_label = 'dj_master'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgBadTrackedMaster' in message
     assert 'CQRS_TRACKED_FIELDS' in message
     assert 'ghost' in message
@@ -272,7 +268,7 @@ def test_master_tracked_fields_not_a_list(value):
     with pytest.raises(AssertionError) as excinfo:
         type(MasterMixin)(name, (MasterMixin,), attrs)
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert name in message
     assert 'CQRS_TRACKED_FIELDS' in message
     assert attrs['CQRS_ID'] not in MasterRegistry.models
@@ -302,8 +298,8 @@ def test_raw_master_register_checks_too():
 
     with pytest.raises(AssertionError) as excinfo:
         MasterMeta.register(CfgRawNoIdMaster)
-    assert 'CfgRawNoIdMaster' in _message(excinfo)
-    assert 'CQRS_ID' in _message(excinfo)
+    assert 'CfgRawNoIdMaster' in str(excinfo.value)
+    assert 'CQRS_ID' in str(excinfo.value)
 
 
 # --- replica side --------------------------------------------------------------------------
@@ -318,8 +314,8 @@ def test_replica_missing_cqrs_id():
             class Meta:
                 app_label = 'dj_replica'
 
-    assert 'CfgNoIdReplica' in _message(excinfo)
-    assert 'CQRS_ID' in _message(excinfo)
+    assert 'CfgNoIdReplica' in str(excinfo.value)
+    assert 'CQRS_ID' in str(excinfo.value)
 
 
 def test_replica_duplicate_cqrs_id_names_both_models():
@@ -334,7 +330,7 @@ def test_replica_duplicate_cqrs_id_names_both_models():
             class Meta:
                 app_label = 'dj_replica'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CQRS_ID' in message
     assert 'CfgDuplicateReplica' in message
     assert 'tests.dj_replica.models.SimplestReplica' in message
@@ -354,7 +350,7 @@ def test_replica_mapping_to_unknown_field():
             class Meta:
                 app_label = 'dj_replica'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgBadMappingReplica' in message
     assert 'CQRS_MAPPING' in message
     assert 'missing_title' in message
@@ -374,7 +370,7 @@ def test_replica_mapping_without_pk():
             class Meta:
                 app_label = 'dj_replica'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgMappingNoPkReplica' in message
     assert 'CQRS_MAPPING' in message
     assert 'remote_id' in message
@@ -407,7 +403,7 @@ def test_replica_without_queue_setting():
             class Meta:
                 app_label = 'dj_replica'
 
-    message = _message(excinfo)
+    message = str(excinfo.value)
     assert 'CfgNoQueueReplica' in message
     assert 'queue' in message
     assert 'cfg_no_queue' not in ReplicaRegistry.models
@@ -420,8 +416,8 @@ def test_raw_replica_without_queue_setting():
     no_queue = {'transport': 'dj_cqrs.transport.mock.TransportMock'}
     with override_settings(CQRS=no_queue), pytest.raises(AssertionError) as excinfo:
         ReplicaMeta.register(CfgRawNoQueueReplica)
-    assert 'CfgRawNoQueueReplica' in _message(excinfo)
-    assert 'queue' in _message(excinfo)
+    assert 'CfgRawNoQueueReplica' in str(excinfo.value)
+    assert 'queue' in str(excinfo.value)
     assert 'cfg_raw_no_queue' not in ReplicaRegistry.models
 
 

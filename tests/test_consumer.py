@@ -13,23 +13,16 @@ from dj_cqrs.controller.consumer import consume
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_replica.models import MetaReplica, NoDBReplica, RawReplica, SimplestReplica
-from tests.harness import cqrs_settings, override_cqrs
-
-UPDATED = '2024-05-01 10:00:00+00:00'
-
-
-def data(pk=1, rev=0, **fields):
-    return {'id': pk, **fields, 'cqrs_revision': rev, 'cqrs_updated': UPDATED}
-
-
-def payload(signal_type, cqrs_id, instance_data, pk=1, **kwargs):
-    return TransportPayload(signal_type, cqrs_id, instance_data, pk, **kwargs)
+from tests.harness import PAYLOAD_UPDATED as UPDATED
+from tests.harness import cqrs_settings, override_cqrs, payload
+from tests.harness import instance_data as data
 
 
 def save_payload(cqrs_id='simplest', instance_data=None, **kwargs):
+    """A SAVE of ``cqrs_id``, by default of row 1 named 'a'."""
     if instance_data is None:
         instance_data = data(1, 0, name='a')
-    return payload(SignalType.SAVE, cqrs_id, instance_data, instance_data.get('id'), **kwargs)
+    return payload(SignalType.SAVE, cqrs_id, instance_data, **kwargs)
 
 
 def logs(caplog, level=None, name='django-cqrs'):
@@ -92,7 +85,7 @@ def test_unknown_cqrs_id(cqrs_logs):
 @pytest.mark.django_db
 @pytest.mark.parametrize('instance_data', [None, [1, 2], 'text', 5])
 def test_instance_data_not_a_dict(cqrs_logs, instance_data):
-    result = consume(payload(SignalType.SAVE, 'simplest', instance_data))
+    result = consume(payload(SignalType.SAVE, 'simplest', instance_data, pk=1))
 
     assert not result
     assert not SimplestReplica.objects.exists()
@@ -103,7 +96,7 @@ def test_instance_data_not_a_dict(cqrs_logs, instance_data):
 def test_instance_data_not_a_dict_on_delete(cqrs_logs):
     SimplestReplica.objects.create(id=1, name='a', cqrs_revision=0, cqrs_updated=UPDATED)
 
-    assert not consume(payload(SignalType.DELETE, 'simplest', [1]))
+    assert not consume(payload(SignalType.DELETE, 'simplest', [1], pk=1))
 
     assert SimplestReplica.objects.filter(id=1).exists()
     assert logs(cqrs_logs, 'ERROR')

@@ -153,7 +153,8 @@ def dump(model, tmp_path, name: str, batch: str = '2') -> str:
     return path.read_text(encoding='utf-8')
 
 
-def sync(model, *args: str) -> str:
+def run_cqrs_sync(model, *args: str) -> str:
+    """Run ``cqrs_sync`` of every row of ``model`` (batches of 2); its output."""
     out = io.StringIO()
     call_command('cqrs_sync', '--cqrs-id', model.CQRS_ID, '-f', '{}', '-b', '2', *args, stdout=out)
     return out.getvalue()
@@ -183,7 +184,7 @@ def test_item_10_2_sync_bodies_are_those_of_the_instance_path(
     make_rows()
     sent.clear()
     no_instances.clear()
-    fast_out = sync(model, *queue)
+    fast_out = run_cqrs_sync(model, *queue)
     assert no_instances == [], 'the rows were read as instances'
     fast = list(sent)
     published = model.objects.count() if model.CQRS_PRODUCE else 0
@@ -192,7 +193,7 @@ def test_item_10_2_sync_bodies_are_those_of_the_instance_path(
 
     sent.clear()
     instance_path()
-    assert sync(model, *queue) == fast_out
+    assert run_cqrs_sync(model, *queue) == fast_out
     assert sent == fast
 
 
@@ -238,7 +239,7 @@ def test_item_10_2_sync_batches_are_handed_to_the_transport_at_once(monkeypatch,
 
     monkeypatch.setattr(LoopbackTransport, 'produce_many', classmethod(produce_many))
     sent.clear()
-    out = sync(SimplestModel)
+    out = run_cqrs_sync(SimplestModel)
     assert batches == [[1, 2], [3, 4], [5]]
     assert len(sent) == 5
     assert out.endswith('Done!\n5 instance(s) synced.\n5 instance(s) processed.\n')
@@ -303,7 +304,7 @@ def test_item_10_2_overridden_cqrs_sync_is_called_per_row(monkeypatch, sent):
     monkeypatch.setattr(SimplestModel, 'cqrs_sync', cqrs_sync_override)
     SimplestModel.objects.bulk_create([SimplestModel(id=pk, name='x') for pk in (1, 2)])
     sent.clear()
-    sync(SimplestModel, '--queue', 'replica')
+    run_cqrs_sync(SimplestModel, '--queue', 'replica')
     assert calls == [(1, 'replica'), (2, 'replica')]
     assert sent == []
 
@@ -321,5 +322,5 @@ def test_item_10_2_expiry_is_that_of_the_instance_path(sent):
     """The fast path takes the TTL as the instance path does (per message)."""
     SimplestModel.objects.create(id=1, name='x')
     sent.clear()
-    sync(SimplestModel)
+    run_cqrs_sync(SimplestModel)
     assert f'"expires":"{EXPIRES.replace(microsecond=0).isoformat()}"' in sent[0]

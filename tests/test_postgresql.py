@@ -14,22 +14,19 @@ from django.test.utils import CaptureQueriesContext
 from dj_cqrs import outbox
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller.consumer import consume
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import LockedReplica, SimplestReplica
-from tests.harness import override_cqrs
+from tests.harness import instance_data, override_cqrs, payload
 
 pytestmark = pytest.mark.postgresql_only
 
-UPDATED = '2024-05-01 10:00:00+00:00'
 TIMEOUT_LOGGER = 'cqrs.timeouts'
 
 
 def save_payload(cqrs_id, pk, rev=0, **fields):
-    data = {'id': pk, **fields, 'cqrs_revision': rev, 'cqrs_updated': UPDATED}
-    return TransportPayload(SignalType.SAVE, cqrs_id, data, pk)
+    return payload(SignalType.SAVE, cqrs_id, instance_data(pk, rev, **fields))
 
 
 def in_thread(func, *args):

@@ -13,13 +13,13 @@ from django.dispatch import Signal
 from django.utils import timezone as dj_timezone
 
 from dj_cqrs.constants import ALL_BASIC_FIELDS, NO_QUEUE, SignalType
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport.base import BaseTransport
 from dj_cqrs.transport.loopback import LoopbackTransport
 from dj_cqrs.transport.mixins import LoggingMixin
 from dj_cqrs.transport.mock import TransportMock
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import SimplestReplica
+from tests.harness import instance_data, payload
 
 PUBLIC_NAMES = [
     ('dj_cqrs.mixins', 'MasterMixin'),
@@ -126,13 +126,8 @@ def test_constants():
 
 
 def _payload():
-    return TransportPayload(
-        SignalType.SAVE,
-        'logged_model',
-        {'id': 98765},
-        98765,
-        correlation_id='corr-abc-123',
-        retries=3,
+    return payload(
+        SignalType.SAVE, 'logged_model', {'id': 98765}, correlation_id='corr-abc-123', retries=3
     )
 
 
@@ -182,18 +177,8 @@ def test_log_delayed_mentions_delay(cqrs_logs):
 
 @pytest.mark.django_db
 def test_loopback_transport_produce_applies_on_replica():
-    payload = TransportPayload(
-        SignalType.SAVE,
-        'simplest',
-        {
-            'id': 501,
-            'name': 'from mock',
-            'cqrs_revision': 0,
-            'cqrs_updated': str(dj_timezone.now()),
-        },
-        501,
-    )
-    result = LoopbackTransport.produce(payload)
+    data = instance_data(501, 0, str(dj_timezone.now()), name='from mock')
+    result = LoopbackTransport.produce(payload(SignalType.SAVE, 'simplest', data))
 
     assert result
     replica = SimplestReplica.objects.get(pk=501)
@@ -206,13 +191,8 @@ def test_loopback_transport_produce_delete():
     SimplestReplica.objects.create(
         id=502, name='x', cqrs_revision=0, cqrs_updated=dj_timezone.now()
     )
-    payload = TransportPayload(
-        SignalType.DELETE,
-        'simplest',
-        {'id': 502, 'cqrs_revision': 1, 'cqrs_updated': str(dj_timezone.now())},
-        502,
-    )
-    assert LoopbackTransport.produce(payload)
+    data = instance_data(502, 1, str(dj_timezone.now()))
+    assert LoopbackTransport.produce(payload(SignalType.DELETE, 'simplest', data))
     assert not SimplestReplica.objects.filter(pk=502).exists()
 
 

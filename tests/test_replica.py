@@ -12,7 +12,6 @@ from django.test import override_settings
 
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller.consumer import consume
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.mixins import ReplicaMixin
 from dj_cqrs.registries import ReplicaRegistry
 from tests.dj_replica.models import (
@@ -27,23 +26,12 @@ from tests.dj_replica.models import (
     RawReplica,
     SimplestReplica,
 )
-from tests.harness import override_cqrs
+from tests.harness import PAYLOAD_UPDATED, override_cqrs, payload
+from tests.harness import instance_data as data
 
 pytestmark = pytest.mark.django_db
 
-UPDATED = '2024-05-01 10:00:00+00:00'
-UPDATED_DT = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
-
-
-def data(pk=1, rev=0, updated=UPDATED, **fields):
-    """Master instance data as published by a master: id, fields, revision, updated."""
-    return {'id': pk, **fields, 'cqrs_revision': rev, 'cqrs_updated': updated}
-
-
-def payload(signal_type, cqrs_id, instance_data, pk=None, **kwargs):
-    if pk is None and isinstance(instance_data, dict):
-        pk = instance_data.get('id')
-    return TransportPayload(signal_type, cqrs_id, instance_data, pk, **kwargs)
+UPDATED_DT = datetime.fromisoformat(PAYLOAD_UPDATED)  # the default of ``data``
 
 
 def save(cqrs_id, instance_data, **kwargs):
@@ -584,19 +572,19 @@ def test_delete_removes_row():
     make_simplest(pk=1)
     make_simplest(pk=2)
 
-    result = delete('simplest', {'id': 1, 'cqrs_revision': 4, 'cqrs_updated': UPDATED})
+    result = delete('simplest', data(1, 4))
 
     assert result is True
     assert list(SimplestReplica.objects.values_list('id', flat=True)) == [2]
 
 
 def test_delete_of_missing_row_is_true():
-    assert delete('simplest', {'id': 404, 'cqrs_revision': 1, 'cqrs_updated': UPDATED}) is True
+    assert delete('simplest', data(404, 1)) is True
 
 
 def test_delete_with_custom_data():
     make_simplest(pk=1)
-    instance_data = {'id': 1, 'cqrs_revision': 4, 'cqrs_updated': UPDATED, 'custom': {'x': 1}}
+    instance_data = data(1, 4, custom={'x': 1})
 
     assert delete('simplest', instance_data) is True
     assert not SimplestReplica.objects.exists()
@@ -605,7 +593,7 @@ def test_delete_with_custom_data():
 @pytest.mark.parametrize('missing', ['cqrs_revision', 'cqrs_updated'])
 def test_delete_without_sync_fields_fails(cqrs_logs, missing):
     make_simplest(pk=1)
-    instance_data = {'id': 1, 'cqrs_revision': 4, 'cqrs_updated': UPDATED}
+    instance_data = data(1, 4)
     del instance_data[missing]
 
     assert not delete('simplest', instance_data)
@@ -616,14 +604,14 @@ def test_delete_without_sync_fields_fails(cqrs_logs, missing):
 def test_delete_with_mapping_uses_master_id():
     MappedReplica.objects.create(remote_id=3, title='t', cqrs_revision=0, cqrs_updated=UPDATED_DT)
 
-    assert delete('filtered', {'id': 3, 'cqrs_revision': 1, 'cqrs_updated': UPDATED})
+    assert delete('filtered', data(3, 1))
     assert not MappedReplica.objects.exists()
 
 
 def test_cqrs_delete_classmethod():
     make_simplest(pk=8)
 
-    assert SimplestReplica.cqrs_delete({'id': 8, 'cqrs_revision': 4, 'cqrs_updated': UPDATED})
+    assert SimplestReplica.cqrs_delete(data(8, 4))
     assert not SimplestReplica.objects.exists()
 
 

@@ -18,6 +18,7 @@ from dj_cqrs.utils import (
     get_message_expiration_dt,
     get_messages_prefetch_count_per_worker,
 )
+from tests.harness import payload
 
 MOCK = 'dj_cqrs.transport.mock.TransportMock'
 
@@ -53,15 +54,8 @@ def _fresh_recording_transport():
     RecordingTransport.produced.clear()
 
 
-def _payload(**kwargs):
-    data = {
-        'signal_type': SignalType.SAVE,
-        'cqrs_id': 'simplest',
-        'instance_data': {'id': 1},
-        'instance_pk': 1,
-    }
-    data.update(kwargs)
-    return TransportPayload(**data)
+def _payload(pk=1):
+    return payload(SignalType.SAVE, 'simplest', {'id': 1}, pk)
 
 
 # --- defaults ------------------------------------------------------------------------------
@@ -355,7 +349,7 @@ def test_current_transport_follows_override_settings():
 
 
 def test_producer_goes_through_current_transport():
-    payload = _payload(instance_pk=42)
+    payload = _payload(pk=42)
     with override_settings(CQRS={'transport': 'tests.test_settings.RecordingTransport'}):
         producer.produce(payload)
     assert RecordingTransport.produced == [payload]

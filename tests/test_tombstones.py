@@ -26,7 +26,6 @@ from dj_cqrs.apps import validate_settings
 from dj_cqrs.conf import CQRSConfigurationError, cqrs_settings
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import consumer
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.models import CQRSTombstone
 from dj_cqrs.transport import _consuming
 from dj_cqrs.transport.loopback import LoopbackTransport
@@ -38,6 +37,7 @@ from tests.dj_replica.models import (
     TrackedReplica,
     UUIDReplica,
 )
+from tests.harness import instance_data, payload
 
 T0 = '2024-05-01 10:00:00.000000+00:00'  # the row's saves
 T1 = '2024-05-01 10:00:05.000000+00:00'  # its deletion on the master
@@ -46,9 +46,9 @@ DROPPED = 'CQRS data of a deleted instance is dropped'
 
 
 def save(pk, rev, updated=T0, cqrs_id='simplest', signal_type=SignalType.SAVE, **fields):
-    data = {'id': pk, 'name': f'{pk} r{rev} {updated[11:19]}', **fields}
-    data.update(cqrs_revision=rev, cqrs_updated=updated)
-    return TransportPayload(signal_type, cqrs_id, data, pk)
+    """A SAVE (or ``signal_type``) of row ``pk`` named after its pk, revision and time."""
+    fields = {'name': f'{pk} r{rev} {updated[11:19]}', **fields}
+    return payload(signal_type, cqrs_id, instance_data(pk, rev, updated, **fields))
 
 
 def sync(pk, rev, updated=T0, cqrs_id='simplest'):
@@ -56,8 +56,7 @@ def sync(pk, rev, updated=T0, cqrs_id='simplest'):
 
 
 def delete(pk, rev, updated=T1, cqrs_id='simplest'):
-    data = {'id': pk, 'cqrs_revision': rev, 'cqrs_updated': updated}
-    return TransportPayload(SignalType.DELETE, cqrs_id, data, pk)
+    return payload(SignalType.DELETE, cqrs_id, instance_data(pk, rev, updated))
 
 
 def apply(*payloads):
@@ -436,9 +435,7 @@ def test_item_04_master_delete_and_recreate_end_to_end():
     row = SimplestModel.objects.create(id=7, name='first')
     row.name = 'second'
     row.save()
-    late = TransportPayload(
-        SignalType.SAVE, 'simplest', SimplestModel.objects.get(id=7).to_cqrs_dict(), 7
-    )
+    late = payload(SignalType.SAVE, 'simplest', SimplestModel.objects.get(id=7).to_cqrs_dict())
     row.delete()
     assert consumer.consume(late)
     assert names() == {}

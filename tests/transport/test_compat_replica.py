@@ -13,7 +13,7 @@ import kombu
 import pytest
 
 from tests.dj_master.models import SimplestModel
-from tests.harness import KOMBU, RABBIT, clean_redis, wait_for, wire_body
+from tests.harness import KOMBU, RABBIT, clean_redis, instance_data, wait_for, wire_body
 
 DB_ERROR = 'dj_replica_dberrorreplica'
 UPDATED = '2024-01-01 00:00:00+00:00'
@@ -33,12 +33,12 @@ def setup(request, names):
 
 def body(cqrs_id, pk, **fields):
     """The wire body (``tests.harness.wire_body``) of a SAVE of ``cqrs_id`` with ``fields``."""
-    data = {'id': pk, **fields, 'cqrs_revision': 0, 'cqrs_updated': UPDATED}
-    return wire_body(pk, cqrs_id=cqrs_id, instance_data=data)
+    return wire_body(pk, cqrs_id=cqrs_id, instance_data=instance_data(pk, 0, UPDATED, **fields))
 
 
-def publish(url, names, routing_key, message):
-    """Publish one message body as a master would, with Kombu (any broker URL)."""
+def publish_with_kombu(url, names, routing_key, message: dict):
+    """Send one message body to the test exchange with Kombu, as a master would (any broker
+    URL)."""
     exchange = kombu.Exchange(names['exchange'], type='topic', durable=True)
     with kombu.Connection(url) as connection:
         producer = kombu.Producer(connection.channel(), exchange=exchange)
@@ -76,7 +76,7 @@ def test_item_17_database_error_is_retried_through_the_delay_queue(setup, names,
     transport, url = setup
     replica = start_replica(replica_service, transport, url)
 
-    publish(url, names, 'db_error', body('db_error', 1, name='second try', fail_times=2))
+    publish_with_kombu(url, names, 'db_error', body('db_error', 1, name='second try', fail_times=2))
 
     applied = 'CQRS is applied: pk = 1 (db_error), correlation_id = None.'
     wait_for(lambda: applied in replica.log(), message='applied after two database errors')
@@ -104,7 +104,7 @@ def test_item_17_database_error_every_time_ends_in_the_dead_letter_queue(
     transport, url = setup
     replica = start_replica(replica_service, transport, url)
 
-    publish(url, names, 'db_error', body('db_error', 1, name='never', fail_times=99))
+    publish_with_kombu(url, names, 'db_error', body('db_error', 1, name='never', fail_times=99))
 
     line = 'CQRS is added to dead letter queue: pk = 1 (db_error), correlation_id = None.'
     wait_for(lambda: line in replica.log(), message='dead-lettered after CQRS_MAX_RETRIES')
@@ -123,7 +123,7 @@ def test_item_13_no_db_operations_without_hooks_is_a_service_exception(
     transport, url = setup
     replica = start_replica(replica_service, transport, url)
 
-    publish(url, names, 'no_db_without_hooks', body('no_db_without_hooks', 5, name='x'))
+    publish_with_kombu(url, names, 'no_db_without_hooks', body('no_db_without_hooks', 5, name='x'))
 
     line = 'CQRS is added to dead letter queue: pk = 5 (no_db_without_hooks)'
     wait_for(lambda: line in replica.log(), message='dead-lettered after CQRS_MAX_RETRIES')
@@ -145,7 +145,7 @@ def test_item_28_unusable_bodies_are_logged_as_the_original(setup, names, replic
         producer.publish(b'{not json', routing_key='simplest', content_type='text/plain')
     missing = body('simplest', 3, name='x')
     del missing['instance_pk']
-    publish(url, names, 'simplest', missing)
+    publish_with_kombu(url, names, 'simplest', missing)
 
     wait_for(lambda: "isn't found in body" in replica.log(), message='the missing-key line')
     log = replica.log()
@@ -180,9 +180,9 @@ def test_item_29_full_delay_queue_requeues_the_message_due_first(names, replica_
         CQRS_TEST_RETRY_DELAY='30',
     )
 
-    publish(amqp_url, names, 'db_error', body('db_error', 1, name='a', fail_times=99))
+    publish_with_kombu(amqp_url, names, 'db_error', body('db_error', 1, name='a', fail_times=99))
     wait_for(lambda: 'CQRS is delayed: pk = 1 (db_error)' in replica.log(), message='1 delayed')
-    publish(amqp_url, names, 'db_error', body('db_error', 2, name='b', fail_times=99))
+    publish_with_kombu(amqp_url, names, 'db_error', body('db_error', 2, name='b', fail_times=99))
 
     wait_for(
         lambda: 'CQRS is requeued: pk = 1 (db_error), correlation_id = None.' in replica.log(),

@@ -446,24 +446,24 @@ def test_publishing_survives_a_broken_connection(
 
 FORKING_PUBLISHER = """
 import json, os
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport import RabbitMQTransport
 from dj_cqrs.utils import get_message_expiration_dt
+from tests.harness import instance_data, payload
 
 
-def publish(pk, name):
-    data = {'id': pk, 'name': name, 'cqrs_revision': 0, 'cqrs_updated': '2024-01-01T00:00:00+00:00'}
-    payload = TransportPayload('SAVE', 'simplest', data, pk, expires=get_message_expiration_dt())
-    return bool(RabbitMQTransport.produce(payload) and RabbitMQTransport.flush(10))
+def produce_and_flush(pk, name):
+    expires = get_message_expiration_dt()
+    sent = payload('SAVE', 'simplest', instance_data(pk, name=name), expires=expires)
+    return bool(RabbitMQTransport.produce(sent) and RabbitMQTransport.flush(10))
 
 
-report = {'parent_before': publish(1, 'parent before fork')}
+report = {'parent_before': produce_and_flush(1, 'parent before fork')}
 opened = RabbitMQTransport.connections_opened()
 read_end, write_end = os.pipe()
 pid = os.fork()
 if pid == 0:
     os.close(read_end)
-    child = {'published': publish(2, 'child')}
+    child = {'published': produce_and_flush(2, 'child')}
     child['own_connection'] = RabbitMQTransport.connections_opened() == opened + 1
     os.write(write_end, json.dumps(child).encode())
     os._exit(0)
@@ -471,7 +471,7 @@ os.close(write_end)
 with os.fdopen(read_end) as pipe:
     report['child'] = json.loads(pipe.read() or 'null')
 report['child_exit'] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-report['parent_after'] = publish(3, 'parent after fork')
+report['parent_after'] = produce_and_flush(3, 'parent after fork')
 report['parent_connections'] = RabbitMQTransport.connections_opened() - opened
 print(json.dumps(report))
 """

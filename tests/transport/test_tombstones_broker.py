@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.harness import SIMPLEST, wait_for, wire_body
+from tests.harness import SIMPLEST, instance_data, wait_for, wire_body
 
 T0 = '2024-05-01 10:00:00+00:00'  # the row's saves
 T1 = '2024-05-01 10:00:05+00:00'  # its deletion on the master
@@ -22,10 +22,10 @@ T2 = '2024-05-01 11:00:00+00:00'  # created again
 APPLIED = 'CQRS is applied: pk = {} (simplest)'
 
 
-def publish(broker, signal_type: str, pk: int, revision: int, updated: str) -> None:
-    data = {'id': pk, 'cqrs_revision': revision, 'cqrs_updated': updated}
-    if signal_type != 'DELETE':
-        data['name'] = f'{pk} r{revision} {updated[11:19]}'
+def publish_row(broker, signal_type: str, pk: int, revision: int, updated: str) -> None:
+    """Hand-publish a SAVE / SYNC (row named after its pk, revision and time) or a DELETE."""
+    fields = {} if signal_type == 'DELETE' else {'name': f'{pk} r{revision} {updated[11:19]}'}
+    data = instance_data(pk, revision, updated, **fields)
     broker.publish(wire_body(pk, signal_type=signal_type, instance_data=data), 'simplest')
 
 
@@ -48,17 +48,17 @@ def test_item_04_delete_then_late_save_then_recreate_one_worker(names, broker, r
     replica = replica_service().start('-w', '1')
     replica.wait_ready()
 
-    publish(broker, 'SAVE', 7, 0, T0)
-    publish(broker, 'SAVE', 7, 1, T0)
-    publish(broker, 'DELETE', 7, 2, T1)
-    publish(broker, 'SAVE', 7, 1, T0)  # a redelivery of the last save: late
-    publish(broker, 'SYNC', 7, 1, T0)  # a cqrs_sync that read the row before the delete
+    publish_row(broker, 'SAVE', 7, 0, T0)
+    publish_row(broker, 'SAVE', 7, 1, T0)
+    publish_row(broker, 'DELETE', 7, 2, T1)
+    publish_row(broker, 'SAVE', 7, 1, T0)  # a redelivery of the last save: late
+    publish_row(broker, 'SYNC', 7, 1, T0)  # a cqrs_sync that read the row before the delete
     applied(replica, 5)
     assert rows(replica) == {}
     assert graves(replica) == [('7', 2)]
     assert replica.log().count('CQRS data of a deleted instance is dropped: pk = 7') == 2
 
-    publish(broker, 'SAVE', 7, 0, T2)  # the master created the row again
+    publish_row(broker, 'SAVE', 7, 0, T2)  # the master created the row again
     applied(replica, 6)
     assert rows(replica) == {7: '7 r0 11:00:00'}
     assert graves(replica) == []
@@ -77,16 +77,16 @@ def test_item_04_two_workers_deleted_rows_stay_deleted_then_come_back(
     replica.wait_ready(workers=2)
     pks = range(1, 151)
     for pk in pks:
-        publish(broker, 'SAVE', pk, 0, T0)
-        publish(broker, 'DELETE', pk, 1, T1)
-        publish(broker, 'SAVE', pk, 0, T0)  # late: whichever worker applies it
+        publish_row(broker, 'SAVE', pk, 0, T0)
+        publish_row(broker, 'DELETE', pk, 1, T1)
+        publish_row(broker, 'SAVE', pk, 0, T0)  # late: whichever worker applies it
     applied(replica, 3 * len(pks))
     assert rows(replica) == {}
     assert graves(replica) == [(str(pk), 1) for pk in sorted(pks, key=str)]
 
     again = [pk for pk in pks if pk % 3 == 0]
     for pk in again:
-        publish(broker, 'SAVE', pk, 0, T2)
+        publish_row(broker, 'SAVE', pk, 0, T2)
     applied(replica, 3 * len(pks) + len(again))
     assert sorted(rows(replica)) == again
     assert len(graves(replica)) == len(pks) - len(again)
@@ -98,9 +98,9 @@ def test_item_04_tombstones_off_keeps_the_old_behaviour(names, broker, replica_s
     replica = replica_service().extend_settings("CQRS['replica']['tombstone_ttl'] = None")
     replica.start('-w', '1').wait_ready()
 
-    publish(broker, 'SAVE', 7, 0, T0)
-    publish(broker, 'DELETE', 7, 1, T1)
-    publish(broker, 'SAVE', 7, 0, T0)
+    publish_row(broker, 'SAVE', 7, 0, T0)
+    publish_row(broker, 'DELETE', 7, 1, T1)
+    publish_row(broker, 'SAVE', 7, 0, T0)
     applied(replica, 3)
     assert rows(replica) == {7: '7 r0 10:00:00'}  # resurrected, as without tombstones
     assert graves(replica) == []
@@ -123,8 +123,8 @@ def test_item_04_worker_purges_old_tombstones(names, broker, replica_service):
 
     wait_for(lambda: graves(replica) == [('2', 1)], message='the old tombstone purged')
     # The purged one no longer protects its row: a late SAVE creates it (the TTL's limit).
-    publish(broker, 'SAVE', 1, 0, T0)
-    publish(broker, 'SAVE', 2, 0, T0)
+    publish_row(broker, 'SAVE', 1, 0, T0)
+    publish_row(broker, 'SAVE', 2, 0, T0)
     applied(replica, 2)
     assert sorted(rows(replica)) == [1]
     assert replica.stop() == 0
