@@ -373,10 +373,6 @@ def test_item_01_lag_history_per_cqrs_id_oldest_first(monkeypatch):
 # --- the command --------------------------------------------------------------------------------
 
 
-def run(*args):
-    return call_exiting('cqrs_status', *args)
-
-
 @pytest.fixture
 def lagging(broker, monkeypatch):
     """simplest applied 12 s ago; 4 ready + 1 unacked in the queue, 3 dead letters; an outbox
@@ -406,7 +402,7 @@ def lagging(broker, monkeypatch):
     ],
 )  # fmt: skip
 def test_item_01_thresholds_exit_status_and_the_line_naming_it(lagging, args, code, line):
-    exit_code, out, err = run(*args)
+    exit_code, out, err = call_exiting('cqrs_status', *args)
 
     assert exit_code == code
     assert err.splitlines() == ([f'CQRS status: {line}'] if line else [])
@@ -416,15 +412,15 @@ def test_item_01_thresholds_exit_status_and_the_line_naming_it(lagging, args, co
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_a_caught_up_replica_is_not_lagging(lagging):
     lagging['replica'] = (0, 0, 1)
-    assert run('--max-lag', '1')[0] == 0
+    assert call_exiting('cqrs_status', '--max-lag', '1')[0] == 0
     lagging['replica'] = (0, 2, 1)  # held by a worker (in flight or delayed for a retry)
-    assert run('--max-lag', '1')[0] == 1
+    assert call_exiting('cqrs_status', '--max-lag', '1')[0] == 1
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_broker_down_exits_2_with_a_one_line_reason(lagging):
     lagging['down'] = True
-    code, out, err = run('--max-ready', '0')
+    code, out, err = call_exiting('cqrs_status', '--max-ready', '0')
 
     assert code == 2
     assert err == 'CQRS status: broker localhost:1// unreachable: ConnectionRefusedError: refused\n'
@@ -440,7 +436,7 @@ def test_item_01_database_down_exits_2_with_a_one_line_reason(broker, monkeypatc
         _default_manager = SimpleNamespace(using=unreachable)
 
     monkeypatch.setattr(status, 'CQRSReplicaStatus', Unreachable)
-    code, _out, err = run('--max-lag', '1')
+    code, _out, err = call_exiting('cqrs_status', '--max-lag', '1')
 
     assert code == 2
     assert err == 'CQRS status: database default: connection to server at "db" failed\n'
@@ -448,7 +444,7 @@ def test_item_01_database_down_exits_2_with_a_one_line_reason(broker, monkeypatc
 
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_json_output(lagging):
-    code, out, err = run('--json', '--max-ready', '3')
+    code, out, err = call_exiting('cqrs_status', '--json', '--max-ready', '3')
 
     document = json.loads(out)
     assert code == 1
@@ -465,7 +461,7 @@ def test_item_01_json_output(lagging):
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_table_output(lagging):
     lagging['replica'] = (4, None, None)
-    out = run()[1]
+    out = call_exiting('cqrs_status')[1]
 
     assert out.splitlines()[:5] == [
         'CQRS status (both), broker localhost:5672//: reachable',
