@@ -6,6 +6,7 @@ import pytest
 
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_replica import models as replica_models
+from tests.harness import logged
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,11 +60,4 @@ def cqrs_warnings(caplog):
     """A function returning the WARNING messages of the ``django-cqrs`` logger so far."""
     caplog.set_level(logging.DEBUG, logger='django-cqrs')
 
-    def collect():
-        return [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == 'django-cqrs' and r.levelno == logging.WARNING
-        ]
-
-    return collect
+    return lambda: logged(caplog, 'WARNING')
