@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from dj_cqrs.transport.loopback import LoopbackTransport
+from tests.dj_master.models import SimplestModel
 from tests.dj_replica import models as replica_models
 from tests.harness import logged
 
@@ -32,6 +33,12 @@ def _clean_records():
 def recorded():
     """Calls of the recording replica hooks, in order."""
     return replica_models.RECORDED
+
+
+@pytest.fixture
+def simplest_rows():
+    """Master ``SimplestModel`` rows 1, 2 and 3, named ``row 1`` ... ``row 3``."""
+    return [SimplestModel.objects.create(id=pk, name=f'row {pk}') for pk in (1, 2, 3)]
 
 
 @pytest.fixture
