@@ -5,7 +5,9 @@ import logging
 import pytest
 
 from dj_cqrs.transport.loopback import LoopbackTransport
+from tests.dj_master.models import SimplestModel
 from tests.dj_replica import models as replica_models
+from tests.harness import logged
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,6 +36,12 @@ def recorded():
 
 
 @pytest.fixture
+def simplest_rows():
+    """Master ``SimplestModel`` rows 1, 2 and 3, named ``row 1`` ... ``row 3``."""
+    return [SimplestModel.objects.create(id=pk, name=f'row {pk}') for pk in (1, 2, 3)]
+
+
+@pytest.fixture
 def cqrs_logs(caplog):
     """Records of the ``django-cqrs`` logger (level DEBUG and up)."""
     caplog.set_level(logging.DEBUG, logger='django-cqrs')
@@ -59,11 +67,4 @@ def cqrs_warnings(caplog):
     """A function returning the WARNING messages of the ``django-cqrs`` logger so far."""
     caplog.set_level(logging.DEBUG, logger='django-cqrs')
 
-    def collect():
-        return [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == 'django-cqrs' and r.levelno == logging.WARNING
-        ]
-
-    return collect
+    return lambda: logged(caplog, 'WARNING')

@@ -1026,3 +1026,102 @@ def payload(signal_type: str, cqrs_id: str, data, pk=None, **kwargs):
     if pk is None and isinstance(data, dict):
         pk = data.get('id')
     return TransportPayload(signal_type, cqrs_id, data, pk, **kwargs)
+
+
+# --- command runners and log helpers -----------------------------------------------------------
+
+
+@contextmanager
+def command_streams(stdin: str | None = None):
+    """``(stdout, stderr)`` buffers standing for ``sys.stdout`` / ``sys.stderr`` while the block
+    runs, with ``sys.stdin`` reading ``stdin`` (empty by default)."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from unittest import mock
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.object(sys, 'stdin', io.StringIO(stdin or '')),
+        redirect_stdout(out),
+        redirect_stderr(err),
+    ):
+        yield out, err
+
+
+def run_command(name: str, *args: str, stdin: str | None = None, **options) -> tuple[str, str]:
+    """``(stdout, stderr)`` of ``call_command(name, *args, **options)`` in this process.
+
+    What the command writes through ``self.stdout`` / ``self.stderr`` and what it writes
+    straight to ``sys.stdout`` / ``sys.stderr`` (``-o -``, progress bars) are caught alike.
+    """
+    from django.core.management import call_command
+
+    with command_streams(stdin) as (out, err):
+        call_command(name, *args, **options)
+    return out.getvalue(), err.getvalue()
+
+
+def command_fails(name: str, *args: str, stdin: str | None = None, **options) -> tuple[str, str]:
+    """``(message, stdout)`` of a command that must end with a ``CommandError`` of one line."""
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with command_streams(stdin) as (out, _err), pytest.raises(CommandError) as excinfo:
+        call_command(name, *args, **options)
+    message = str(excinfo.value)
+    assert message.strip() and '\n' not in message, message
+    return message, out.getvalue()
+
+
+def command_error(name: str, *args: str, stdin: str | None = None, **options) -> str:
+    """The one-line ``CommandError`` message a command must end with."""
+    return command_fails(name, *args, stdin=stdin, **options)[0]
+
+
+def relay_once(*args: str) -> str:
+    """Run ``cqrs_relay --once *args`` in this process; return what it wrote on stderr."""
+    return run_command('cqrs_relay', '--once', *args)[1]
+
+
+def logged(caplog, level: str | None = None, logger: str = 'django-cqrs') -> list[str]:
+    """The messages ``caplog`` holds from ``logger``; only those of ``level`` (a level name,
+    ``'ERROR'``) when given."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == logger and (level is None or r.levelname == level)
+    ]
+
+
+def signal_types(payloads) -> list[str]:
+    """The signal type of each payload, in order."""
+    return [p.signal_type for p in payloads]
+
+
+def outbox_rows_left(*fields: str) -> list[tuple]:
+    """``fields`` of the outbox rows, oldest first, once the rows of the messages the broker
+    has confirmed are deleted (``outbox.flush_published``)."""
+    from dj_cqrs import outbox
+    from dj_cqrs.models import CQRSOutboxMessage
+
+    outbox.flush_published()
+    return list(CQRSOutboxMessage.objects.order_by('id').values_list(*fields))
+
+
+def recording_worker(delay_queue_max_size: int | None = 100):
+    """``(worker, record)``: a replica ``Worker`` driven directly, whose acks, rejects and
+    republished routing keys go to ``record.acked`` / ``.rejected`` / ``.published``."""
+    from types import SimpleNamespace
+
+    from dj_cqrs.transport._consuming import Worker
+    from dj_cqrs.transport.mixins import LoggingMixin
+
+    record = SimpleNamespace(acked=[], rejected=[], published=[])
+    worker = Worker(
+        LoggingMixin,
+        'replica',
+        ack=record.acked.append,
+        reject=record.rejected.append,
+        publish=lambda key, body, expiration: record.published.append(key),
+        delay_queue_max_size=delay_queue_max_size,
+    )
+    return worker, record

@@ -25,11 +25,6 @@ def admin_client_logged_in(client):
     return client
 
 
-@pytest.fixture
-def rows():
-    return [SimplestModel.objects.create(id=pk, name=f'row {pk}') for pk in (1, 2, 3)]
-
-
 def _sync(client, pks, url=CHANGELIST):
     return client.post(
         url,
@@ -38,11 +33,12 @@ def _sync(client, pks, url=CHANGELIST):
     )
 
 
-def _messages(response):
+def response_messages(response):
+    """The texts of the messages shown on a test-client response's page."""
     return [str(m) for m in response.context['messages']]
 
 
-def test_action_is_listed_on_changelist(admin_client_logged_in, rows):
+def test_action_is_listed_on_changelist(admin_client_logged_in, simplest_rows):
     response = admin_client_logged_in.get(CHANGELIST)
     assert response.status_code == 200
     content = response.content.decode()
@@ -60,7 +56,7 @@ def test_action_registered_on_model_admin():
     )
 
 
-def test_sync_selected_rows(admin_client_logged_in, rows, produced):
+def test_sync_selected_rows(admin_client_logged_in, simplest_rows, produced):
     produced.clear()
     response = _sync(admin_client_logged_in, [1, 3])
 
@@ -70,11 +66,11 @@ def test_sync_selected_rows(admin_client_logged_in, rows, produced):
     assert sorted(p.pk for p in syncs) == [1, 3]
     assert {p.cqrs_id for p in syncs} == {'simplest'}
     assert all(p.queue is None for p in syncs)
-    assert _messages(response) == ['2 successfully synced. 0 failed: []']
+    assert response_messages(response) == ['2 successfully synced. 0 failed: []']
     assert '2 successfully synced. 0 failed: []' in response.content.decode()
 
 
-def test_sync_repairs_the_replica(admin_client_logged_in, rows, produced):
+def test_sync_repairs_the_replica(admin_client_logged_in, simplest_rows, produced):
     SimplestReplica.objects.filter(pk=2).delete()
     produced.clear()
 
@@ -85,7 +81,7 @@ def test_sync_repairs_the_replica(admin_client_logged_in, rows, produced):
     assert replica.name == 'row 2'
 
 
-def test_sync_failure_is_reported(admin_client_logged_in, rows, produced, monkeypatch):
+def test_sync_failure_is_reported(admin_client_logged_in, simplest_rows, produced, monkeypatch):
     original = SimplestModel.cqrs_sync
 
     def cqrs_sync(self, using=None, queue=None):
@@ -100,14 +96,14 @@ def test_sync_failure_is_reported(admin_client_logged_in, rows, produced, monkey
 
     assert sorted(p.pk for p in produced) == [1, 3]
     expected = '2 successfully synced. 1 failed: [<SimplestModel: SimplestModel object (2)>]'
-    assert _messages(response) == [expected]
+    assert response_messages(response) == [expected]
     assert 'failed: [&lt;SimplestModel: SimplestModel object (2)&gt;]' in (
         response.content.decode()
     )
 
 
 def test_sync_of_a_row_deleted_behind_the_admins_back(
-    admin_client_logged_in, rows, produced, monkeypatch
+    admin_client_logged_in, simplest_rows, produced, monkeypatch
 ):
     """The row vanishes between the changelist query and the sync: reported as failed."""
     model_admin = admin.site._registry[SimplestModel]
@@ -125,12 +121,14 @@ def test_sync_of_a_row_deleted_behind_the_admins_back(
 
     assert [p.signal_type for p in produced] == [SignalType.DELETE, SignalType.SYNC]
     assert [p.pk for p in produced if p.signal_type == SignalType.SYNC] == [1]
-    assert _messages(response) == [
+    assert response_messages(response) == [
         '1 successfully synced. 1 failed: [<SimplestModel: SimplestModel object (3)>]'
     ]
 
 
-def test_cqrs_sync_queryset_hook_is_used(admin_client_logged_in, rows, produced, monkeypatch):
+def test_cqrs_sync_queryset_hook_is_used(
+    admin_client_logged_in, simplest_rows, produced, monkeypatch
+):
     model_admin = admin.site._registry[SimplestModel]
     calls = []
 
@@ -145,7 +143,7 @@ def test_cqrs_sync_queryset_hook_is_used(admin_client_logged_in, rows, produced,
 
     assert calls == [[1, 2]]
     assert [p.pk for p in produced] == [1]
-    assert _messages(response) == ['1 successfully synced. 0 failed: []']
+    assert response_messages(response) == ['1 successfully synced. 0 failed: []']
 
 
 def test_default_hook_returns_the_queryset():
@@ -165,7 +163,7 @@ def test_sync_of_serializer_model(admin_client_logged_in, produced):
     assert produced[0].signal_type == SignalType.SYNC
     assert produced[0].instance_data['publisher'] == {'id': publisher.pk, 'name': 'pub'}
     assert AuthorReplica.objects.get(pk=5).publisher_id == publisher.pk
-    assert _messages(response) == ['1 successfully synced. 0 failed: []']
+    assert response_messages(response) == ['1 successfully synced. 0 failed: []']
 
 
 def test_both_import_paths_are_the_same_class():
@@ -193,7 +191,7 @@ def editor_client(client):
     return client
 
 
-def test_item_06_view_only_staff_does_not_see_the_action(view_only_client, rows):
+def test_item_06_view_only_staff_does_not_see_the_action(view_only_client, simplest_rows):
     response = view_only_client.get(CHANGELIST)
     assert response.status_code == 200
     content = response.content.decode()
@@ -202,31 +200,35 @@ def test_item_06_view_only_staff_does_not_see_the_action(view_only_client, rows)
     assert 'via CQRS' not in content
 
 
-def test_item_06_staff_with_change_permission_sees_the_action(editor_client, rows):
+def test_item_06_staff_with_change_permission_sees_the_action(editor_client, simplest_rows):
     response = editor_client.get(CHANGELIST)
     assert response.status_code == 200
     assert 'value="sync_items"' in response.content.decode()
     assert 'Synchronize selected simplest models via CQRS' in response.content.decode()
 
 
-def test_item_06_view_only_staff_cannot_post_the_action(view_only_client, rows, produced):
+def test_item_06_view_only_staff_cannot_post_the_action(view_only_client, simplest_rows, produced):
     produced.clear()
     response = _sync(view_only_client, [1, 2])
 
     assert response.status_code == 200
     assert produced == []
-    assert _messages(response) == []
+    assert response_messages(response) == []
 
 
-def test_item_06_staff_with_change_permission_can_post_the_action(editor_client, rows, produced):
+def test_item_06_staff_with_change_permission_can_post_the_action(
+    editor_client, simplest_rows, produced
+):
     produced.clear()
     response = _sync(editor_client, [1, 2])
 
     assert sorted(p.pk for p in produced if p.signal_type == SignalType.SYNC) == [1, 2]
-    assert _messages(response) == ['2 successfully synced. 0 failed: []']
+    assert response_messages(response) == ['2 successfully synced. 0 failed: []']
 
 
-def test_item_06_listed_action_also_needs_the_change_permission(view_only_client, rows, produced):
+def test_item_06_listed_action_also_needs_the_change_permission(
+    view_only_client, simplest_rows, produced
+):
     """``actions = ['sync_items']`` on the admin: Django's own filter applies the permission."""
     model_admin = admin.site._registry[SimplestModel]
     with pytest.MonkeyPatch.context() as patch:

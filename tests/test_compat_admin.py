@@ -31,18 +31,14 @@ def _request(**get):
     return request
 
 
-def _messages(request):
+def request_messages(request):
+    """``(level, text)`` of the messages stored on a ``RequestFactory`` request."""
     return [(m.level, m.message) for m in messages.get_messages(request)]
 
 
 @pytest.fixture
 def model_admin():
     return admin.site._registry[SimplestModel]
-
-
-@pytest.fixture
-def rows():
-    return [SimplestModel.objects.create(id=pk, name=f'row {pk}') for pk in (1, 2, 3)]
 
 
 @pytest.fixture
@@ -55,10 +51,10 @@ def fail_pk_2(monkeypatch):
     monkeypatch.setattr(SimplestModel, 'cqrs_sync', cqrs_sync)
 
 
-def test_item_18_message_is_the_originals_single_info_line(model_admin, rows, fail_pk_2):
+def test_item_18_message_is_the_originals_single_info_line(model_admin, simplest_rows, fail_pk_2):
     request = _request()
     model_admin.sync_items(request, SimplestModel.objects.order_by('pk'))
-    assert _messages(request) == [
+    assert request_messages(request) == [
         (
             messages.INFO,
             '2 successfully synced. 1 failed: [<SimplestModel: SimplestModel object (2)>]',
@@ -66,39 +62,39 @@ def test_item_18_message_is_the_originals_single_info_line(model_admin, rows, fa
     ]
 
 
-def test_item_18_message_when_all_synced(model_admin, rows, produced):
+def test_item_18_message_when_all_synced(model_admin, simplest_rows, produced):
     produced.clear()
     request = _request()
     model_admin.sync_items(request, SimplestModel.objects.all())
-    assert _messages(request) == [(messages.INFO, '3 successfully synced. 0 failed: []')]
+    assert request_messages(request) == [(messages.INFO, '3 successfully synced. 0 failed: []')]
     assert sorted(p.pk for p in produced if p.signal_type == SignalType.SYNC) == [1, 2, 3]
 
 
 def test_item_18_message_for_an_empty_selection(model_admin):
     request = _request()
     model_admin.sync_items(request, SimplestModel.objects.none())
-    assert _messages(request) == [(messages.INFO, '0 successfully synced. 0 failed: []')]
+    assert request_messages(request) == [(messages.INFO, '0 successfully synced. 0 failed: []')]
 
 
 @pytest.mark.parametrize('kind', [list, tuple, iter, 'generator'])
-def test_item_18_accepts_any_iterable_of_instances(model_admin, rows, produced, kind):
+def test_item_18_accepts_any_iterable_of_instances(model_admin, simplest_rows, produced, kind):
     items = list(SimplestModel.objects.filter(pk__in=[1, 3]).order_by('pk'))
     selection = (item for item in items) if kind == 'generator' else kind(items)
     produced.clear()
     request = _request()
     model_admin.sync_items(request, selection)
     assert [p.pk for p in produced] == [1, 3]
-    assert _messages(request) == [(messages.INFO, '2 successfully synced. 0 failed: []')]
+    assert request_messages(request) == [(messages.INFO, '2 successfully synced. 0 failed: []')]
 
 
-def test_item_18_counts_what_the_hook_returned(model_admin, rows, produced, monkeypatch):
+def test_item_18_counts_what_the_hook_returned(model_admin, simplest_rows, produced, monkeypatch):
     """Deliberately different: the original counts the selection, not the synced rows."""
     monkeypatch.setattr(model_admin, '_cqrs_sync_queryset', lambda queryset: queryset[:1])
     produced.clear()
     request = _request()
     model_admin.sync_items(request, SimplestModel.objects.order_by('pk'))
     assert [p.pk for p in produced] == [1]
-    assert _messages(request) == [(messages.INFO, '1 successfully synced. 0 failed: []')]
+    assert request_messages(request) == [(messages.INFO, '1 successfully synced. 0 failed: []')]
 
 
 def test_item_18_action_is_added_after_the_site_actions(model_admin):

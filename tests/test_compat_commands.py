@@ -7,15 +7,12 @@ same models.
 
 from __future__ import annotations
 
-import io
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
 import pytest
 from django.core.management import call_command, load_command_class
-from django.core.management.base import CommandError
 from django.db import DatabaseError, connection
 from django.db.models import QuerySet
 from django.test.utils import CaptureQueriesContext
@@ -24,6 +21,7 @@ from dj_cqrs.management.utils import batch_qs
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import SimplestReplica
+from tests.harness import command_error, run_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,24 +29,11 @@ UPDATED = datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def sent(monkeypatch):
+def intercepted(monkeypatch):
     """Payloads handed to the transport, not applied to the replica tables."""
     payloads = []
     monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(payloads.append))
     return payloads
-
-
-def run(name: str, *args: str, stdin: str | None = None) -> tuple[str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with mock.patch.object(sys, 'stdin', io.StringIO(stdin or '')):
-        call_command(name, *args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
-
-
-def error_of(name: str, *args: str, stdin: str | None = None) -> str:
-    with pytest.raises(CommandError) as excinfo:
-        run(name, *args, stdin=stdin)
-    return str(excinfo.value)
 
 
 def make_rows(*names: str) -> None:
@@ -190,7 +175,7 @@ HEADER = '2024-01-02 03:04:05.000006+00:00'
     ],
 )
 def test_item_25_unknown_cqrs_id(name, args, stdin):
-    assert error_of(name, *args, stdin=stdin) == 'Wrong CQRS ID: nope!'
+    assert command_error(name, *args, stdin=stdin) == 'Wrong CQRS ID: nope!'
 
 
 @pytest.mark.parametrize('name', ['cqrs_sync', 'cqrs_diff_master', 'cqrs_deleted_diff_replica'])
@@ -208,7 +193,7 @@ def test_item_25_unknown_cqrs_id(name, args, stdin):
     ],
 )
 def test_item_25_bad_filter(name, value, message):
-    assert error_of(name, '-cid', 'simplest', '-f', value) == message
+    assert command_error(name, '-cid', 'simplest', '-f', value) == message
 
 
 # --- item 21: cqrs_sync ---------------------------------------------------------------------
@@ -228,7 +213,7 @@ def test_item_21_sync_runs_an_overridden_cqrs_sync_per_row(produced, monkeypatch
 
     monkeypatch.setattr(SimplestModel, 'cqrs_sync', cqrs_sync)
 
-    out, err = run('cqrs_sync', '-cid', 'simplest', '-f', '{}', '-q', 'replica')
+    out, err = run_command('cqrs_sync', '-cid', 'simplest', '-f', '{}', '-q', 'replica')
 
     assert calls == [(1, 'replica'), (2, 'replica'), (3, 'replica')]
     assert out == (
@@ -239,18 +224,18 @@ def test_item_21_sync_runs_an_overridden_cqrs_sync_per_row(produced, monkeypatch
     assert [(p.pk, p.queue) for p in produced] == [(1, 'replica'), (3, 'replica')]
 
 
-def test_item_21_sync_default_path_reads_each_row_once(sent):
+def test_item_21_sync_default_path_reads_each_row_once(intercepted):
     make_rows('one', 'two', 'three', 'four', 'five')
-    sent.clear()
+    intercepted.clear()
 
     with CaptureQueriesContext(connection) as queries:
-        out, _ = run('cqrs_sync', '-cid', 'simplest', '-f', '{}', '-b', '2')
+        out, _ = run_command('cqrs_sync', '-cid', 'simplest', '-f', '{}', '-b', '2')
 
     selects = [q['sql'] for q in queries.captured_queries if q['sql'].startswith('SELECT')]
     # two counts (the total and batch_qs's), then 3 pages: no query per row
     assert len(selects) == 5
     assert out.endswith('Done!\n5 instance(s) synced.\n5 instance(s) processed.\n')
-    assert [p.pk for p in sent] == [1, 2, 3, 4, 5]
+    assert [p.pk for p in intercepted] == [1, 2, 3, 4, 5]
 
 
 def test_item_21_sync_serialization_error_is_a_failed_row(produced, monkeypatch):
@@ -265,7 +250,7 @@ def test_item_21_sync_serialization_error_is_a_failed_row(produced, monkeypatch)
 
     monkeypatch.setattr(SimplestModel, 'to_cqrs_dict', to_cqrs_dict)
 
-    out, _ = run('cqrs_sync', '-cid', 'simplest', '-f', '{}')
+    out, _ = run_command('cqrs_sync', '-cid', 'simplest', '-f', '{}')
 
     assert out == (
         '\nSync record failed for pk=1: TypeError: not serializable\n'
@@ -274,14 +259,14 @@ def test_item_21_sync_serialization_error_is_a_failed_row(produced, monkeypatch)
     assert [p.pk for p in produced] == [2]
 
 
-def test_item_21_sync_reopens_an_unusable_connection_between_batches(sent, monkeypatch):
+def test_item_21_sync_reopens_an_unusable_connection_between_batches(intercepted, monkeypatch):
     make_rows('one', 'two', 'three')
     usable = iter([True, False, True])
     monkeypatch.setattr(connection, 'is_usable', lambda: next(usable))
     closed = mock.Mock()
     monkeypatch.setattr(connection, 'close', closed)
 
-    out, _ = run('cqrs_sync', '-cid', 'simplest', '-f', '{}', '-b', '1')
+    out, _ = run_command('cqrs_sync', '-cid', 'simplest', '-f', '{}', '-b', '1')
 
     assert closed.call_count == 1  # before the second batch only
     assert out == 'Done!\n3 instance(s) synced.\n3 instance(s) processed.\n'
@@ -302,7 +287,7 @@ def test_item_22_dump_file_bytes(tmp_path):
     make_rows('a/b ü € "q" 😀', 'plain')
     path = tmp_path / 'out.dump'
 
-    out, err = run('cqrs_bulk_dump', '-c', 'simplest', '-o', str(path), '-b', '1')
+    out, err = run_command('cqrs_bulk_dump', '-c', 'simplest', '-o', str(path), '-b', '1')
 
     assert path.read_bytes() == DUMP.encode()
     assert out == ''
@@ -312,7 +297,7 @@ def test_item_22_dump_file_bytes(tmp_path):
 def test_item_22_dump_to_stdout_bytes():
     make_rows('a/b ü € "q" 😀', 'plain')
 
-    out, err = run('cqrs_bulk_dump', '-c', 'simplest', '-o', '-')
+    out, err = run_command('cqrs_bulk_dump', '-c', 'simplest', '-o', '-')
 
     assert out == DUMP
     assert err == 'Done!\n2 instance(s) saved.\n2 instance(s) processed.\n'
@@ -321,7 +306,7 @@ def test_item_22_dump_to_stdout_bytes():
 def test_item_22_dump_of_an_empty_table_is_the_cqrs_id_alone(tmp_path):
     path = tmp_path / 'out.dump'
 
-    _, err = run('cqrs_bulk_dump', '-c', 'simplest', '-o', str(path))
+    _, err = run_command('cqrs_bulk_dump', '-c', 'simplest', '-o', str(path))
 
     assert path.read_bytes() == b'simplest'
     assert err == 'Done!\n0 instance(s) saved.\n0 instance(s) processed.\n'
@@ -331,7 +316,7 @@ def test_item_22_existing_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'simplest.dump').write_text('old')
 
-    assert error_of('cqrs_bulk_dump', '-c', 'simplest') == 'File simplest.dump exists!'
+    assert command_error('cqrs_bulk_dump', '-c', 'simplest') == 'File simplest.dump exists!'
     assert (tmp_path / 'simplest.dump').read_text() == 'old'
 
 
@@ -357,7 +342,7 @@ def test_item_23_load_messages(tmp_path):
     ]
     path.write_text('\n'.join(lines))
 
-    out, err = run('cqrs_bulk_load', '-i', str(path))
+    out, err = run_command('cqrs_bulk_load', '-i', str(path))
 
     assert out == ''
     assert err == (
@@ -383,7 +368,7 @@ def test_item_23_unexpected_error_keeps_the_good_rows_of_the_batch(tmp_path, mon
 
     monkeypatch.setattr(SimplestReplica, 'cqrs_save', classmethod(cqrs_save))
 
-    _, err = run('cqrs_bulk_load', '-i', str(path))
+    _, err = run_command('cqrs_bulk_load', '-i', str(path))
 
     assert err == 'Unexpected error: line 3! boom\nDone!\n2 instance(s) loaded.\n'
     assert sorted(SimplestReplica.objects.values_list('id', flat=True)) == [1, 3]
@@ -407,7 +392,7 @@ def test_item_23_clear_flag_and_value(tmp_path, args, cleared):
     path = tmp_path / 'in.dump'
     path.write_text('\n'.join(['simplest', row_line(1, 'one')]))
 
-    run('cqrs_bulk_load', '-i', str(path), *args)
+    run_command('cqrs_bulk_load', '-i', str(path), *args)
 
     expected = [1] if cleared else [1, 50]
     assert sorted(SimplestReplica.objects.values_list('id', flat=True)) == expected
@@ -422,7 +407,7 @@ def test_item_23_failing_delete(tmp_path, monkeypatch):
 
     monkeypatch.setattr(QuerySet, 'delete', delete)
 
-    assert error_of('cqrs_bulk_load', '-i', str(path), '--clear') == 'Delete operation fails!'
+    assert command_error('cqrs_bulk_load', '-i', str(path), '--clear') == 'Delete operation fails!'
 
 
 def test_item_23_missing_and_empty_files(tmp_path, monkeypatch):
@@ -430,18 +415,20 @@ def test_item_23_missing_and_empty_files(tmp_path, monkeypatch):
     (tmp_path / 'empty.dump').write_text('')
     (tmp_path / 'blank.dump').write_text('\n')
 
-    assert error_of('cqrs_bulk_load', '-i', 'missing.dump') == "File missing.dump doesn't exist!"
-    assert error_of('cqrs_bulk_load', '-i', 'empty.dump') == 'File empty.dump is empty!'
-    assert error_of('cqrs_bulk_load', '-i', 'blank.dump') == 'File blank.dump is empty!'
+    assert (
+        command_error('cqrs_bulk_load', '-i', 'missing.dump') == "File missing.dump doesn't exist!"
+    )
+    assert command_error('cqrs_bulk_load', '-i', 'empty.dump') == 'File empty.dump is empty!'
+    assert command_error('cqrs_bulk_load', '-i', 'blank.dump') == 'File blank.dump is empty!'
 
 
 def test_item_22_23_round_trip_keeps_the_bytes(tmp_path):
     make_rows('a/b ü € "q" 😀', 'plain')
     SimplestReplica.objects.all().delete()
     path = tmp_path / 'out.dump'
-    run('cqrs_bulk_dump', '-c', 'simplest', '-o', str(path))
+    run_command('cqrs_bulk_dump', '-c', 'simplest', '-o', str(path))
 
-    _, err = run('cqrs_bulk_load', '-i', str(path), '--clear')
+    _, err = run_command('cqrs_bulk_load', '-i', str(path), '--clear')
 
     assert err == 'Done!\n2 instance(s) loaded.\n'
     assert SimplestReplica.objects.get(id=1).name == 'a/b ü € "q" 😀'

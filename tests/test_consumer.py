@@ -14,7 +14,7 @@ from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests.dj_replica.models import MetaReplica, NoDBReplica, RawReplica, SimplestReplica
 from tests.harness import PAYLOAD_UPDATED as UPDATED
-from tests.harness import cqrs_settings, override_cqrs, payload
+from tests.harness import cqrs_settings, logged, override_cqrs, payload
 from tests.harness import instance_data as data
 
 
@@ -23,14 +23,6 @@ def save_payload(cqrs_id='simplest', instance_data=None, **kwargs):
     if instance_data is None:
         instance_data = data(1, 0, name='a')
     return payload(SignalType.SAVE, cqrs_id, instance_data, **kwargs)
-
-
-def logs(caplog, level=None, name='django-cqrs'):
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == name and (level is None or r.levelname == level)
-    ]
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +63,7 @@ def test_bad_signal_type(cqrs_logs):
 
     assert not result
     assert not SimplestReplica.objects.exists()
-    assert any('UPDATE' in m for m in logs(cqrs_logs, 'ERROR'))
+    assert any('UPDATE' in m for m in logged(cqrs_logs, 'ERROR'))
 
 
 @pytest.mark.django_db
@@ -79,7 +71,7 @@ def test_unknown_cqrs_id(cqrs_logs):
     result = consume(payload(SignalType.SAVE, 'no_such_model', data(1, 0, name='a')))
 
     assert not result
-    assert any('no_such_model' in m for m in logs(cqrs_logs, 'ERROR'))
+    assert any('no_such_model' in m for m in logged(cqrs_logs, 'ERROR'))
 
 
 @pytest.mark.django_db
@@ -89,7 +81,7 @@ def test_instance_data_not_a_dict(cqrs_logs, instance_data):
 
     assert not result
     assert not SimplestReplica.objects.exists()
-    assert any('simplest' in m for m in logs(cqrs_logs, 'ERROR'))
+    assert any('simplest' in m for m in logged(cqrs_logs, 'ERROR'))
 
 
 @pytest.mark.django_db
@@ -99,7 +91,7 @@ def test_instance_data_not_a_dict_on_delete(cqrs_logs):
     assert not consume(payload(SignalType.DELETE, 'simplest', [1], pk=1))
 
     assert SimplestReplica.objects.filter(id=1).exists()
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
 
 
 # --- hook exceptions and transactions ---------------------------------------------------------
@@ -207,7 +199,7 @@ def test_db_error_in_create_is_logged_and_next_message_applies(cqrs_logs):
     result = consume(save_payload('auto_fields', bad))
 
     assert not result
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
     assert consume(save_payload(instance_data=data(5, 0, name='after')))
     assert SimplestReplica.objects.get(id=5).name == 'after'
 
@@ -441,7 +433,7 @@ def test_log_timed_out_queries_default_logger(caplog):
     with override_cqrs(replica={'CQRS_LOG_TIMED_OUT_QUERIES': True}):
         cqrs_logger.log_timed_out_queries(error, SimplestReplica)
 
-    assert sum('timed_out_marker' in m for m in logs(caplog, name='django-cqrs')) == 1
+    assert sum('timed_out_marker' in m for m in logged(caplog)) == 1
 
 
 @pytest.mark.postgresql_only
@@ -515,11 +507,11 @@ def _consume_timing_out(caplog, monkeypatch):
         # Item 17: a database error is logged and None returned (the transport retries).
         assert consume(save_payload(instance_data=data(1, 0, name='a'))) is None
 
-    timed_out = logs(caplog, name='cqrs.timeouts')
+    timed_out = logged(caplog, logger='cqrs.timeouts')
     assert len(timed_out) == 1
     assert 'Timed out query' in timed_out[0]
     assert 'slow_query_marker' in timed_out[0], 'the query that timed out is logged'
-    assert 'canceling statement due to statement timeout' in '\n'.join(logs(caplog, 'ERROR'))
+    assert 'canceling statement due to statement timeout' in '\n'.join(logged(caplog, 'ERROR'))
     assert not SimplestReplica.objects.filter(pk=1).exists()
 
 

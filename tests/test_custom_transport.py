@@ -7,21 +7,19 @@ its confirms delete the outbox rows and its refusals keep them for ``cqrs_relay`
 
 import ast
 import copy
-import io
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
 from django.test import override_settings
 
 from dj_cqrs import outbox
-from dj_cqrs.models import CQRSOutboxMessage
 from tests import custom_transport
 from tests.custom_transport import Broker, ConfirmingTransport, PlainTransport
 from tests.dj_master.models import SimplestModel
+from tests.harness import outbox_rows_left, relay_outbox
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,7 +32,7 @@ def cqrs(transport, outbox_on=True):
 
 
 @pytest.fixture
-def broker():
+def confirming_broker():
     """``ConfirmingTransport`` with the outbox on; its broker starts paused."""
     outbox.flush_published()
     broker = ConfirmingTransport.broker = Broker()
@@ -55,26 +53,6 @@ def plain():
     outbox.flush_published()
 
 
-def rows():
-    outbox.flush_published()
-    return list(CQRSOutboxMessage.objects.order_by('id').values_list('instance_pk', 'signal_type'))
-
-
-def relay():
-    err = io.StringIO()
-    call_command(
-        'cqrs_relay',
-        '--once',
-        '--min-age',
-        '0',
-        '--database',
-        'default',
-        stdout=io.StringIO(),
-        stderr=err,
-    )
-    return err.getvalue()
-
-
 def test_item_01_custom_transport_imports_nothing_from_the_outbox():
     tree = ast.parse(Path(custom_transport.__file__).read_text())
     imported = {
@@ -86,7 +64,7 @@ def test_item_01_custom_transport_imports_nothing_from_the_outbox():
     assert {name for name in imported if name.startswith('dj_cqrs')} == {'dj_cqrs.transport.base'}
 
 
-def test_item_01_custom_transport_confirms_delete_the_outbox_rows(broker):
+def test_item_01_custom_transport_confirms_delete_the_outbox_rows(confirming_broker):
     with transaction.atomic():
         SimplestModel.objects.create(id=1, name='one')
         SimplestModel.objects.create(id=2, name='two')
@@ -94,77 +72,82 @@ def test_item_01_custom_transport_confirms_delete_the_outbox_rows(broker):
     obj.delete()
 
     # Sent, not confirmed yet: the rows wait for the confirms.
-    assert rows() == [('1', 'SAVE'), ('2', 'SAVE'), ('3', 'SAVE'), ('3', 'DELETE')]
+    assert outbox_rows_left('instance_pk', 'signal_type') == [
+        ('1', 'SAVE'),
+        ('2', 'SAVE'),
+        ('3', 'SAVE'),
+        ('3', 'DELETE'),
+    ]
 
-    broker.paused.set()
-    assert broker.wait_settled()
-    assert [(p.signal_type, p.pk) for p in broker.confirmed] == [
+    confirming_broker.paused.set()
+    assert confirming_broker.wait_settled()
+    assert [(p.signal_type, p.pk) for p in confirming_broker.confirmed] == [
         ('SAVE', 1),
         ('SAVE', 2),
         ('SAVE', 3),
         ('DELETE', 3),
     ]
-    assert rows() == []
+    assert outbox_rows_left('instance_pk', 'signal_type') == []
 
 
-def test_item_01_custom_transport_refusals_keep_the_rows_for_the_relay(broker):
-    broker.refuse = True
-    broker.paused.set()
+def test_item_01_custom_transport_refusals_keep_the_rows_for_the_relay(confirming_broker):
+    confirming_broker.refuse = True
+    confirming_broker.paused.set()
     SimplestModel.objects.create(id=1, name='one')
     with transaction.atomic():
         SimplestModel.objects.create(id=2, name='two')
-    assert broker.wait_settled()
-    assert [p.pk for p in broker.refused] == [1, 2]
-    assert rows() == [('1', 'SAVE'), ('2', 'SAVE')]
+    assert confirming_broker.wait_settled()
+    assert [p.pk for p in confirming_broker.refused] == [1, 2]
+    assert outbox_rows_left('instance_pk', 'signal_type') == [('1', 'SAVE'), ('2', 'SAVE')]
 
-    broker.refuse = False
-    assert 'Relayed 2 ' in relay()
+    confirming_broker.refuse = False
+    assert 'Relayed 2 ' in relay_outbox()
 
-    assert [p.pk for p in broker.confirmed] == [1, 2]
-    assert rows() == []
+    assert [p.pk for p in confirming_broker.confirmed] == [1, 2]
+    assert outbox_rows_left('instance_pk', 'signal_type') == []
 
 
 def test_item_01_relay_keeps_the_batch_until_confirmed_and_late_confirms_delete_it(
-    broker, monkeypatch
+    confirming_broker, monkeypatch
 ):
-    broker.refuse = True
-    broker.paused.set()
+    confirming_broker.refuse = True
+    confirming_broker.paused.set()
     SimplestModel.objects.create(id=1, name='one')
-    assert broker.wait_settled()
-    broker.refuse = False
-    broker.paused.clear()
+    assert confirming_broker.wait_settled()
+    confirming_broker.refuse = False
+    confirming_broker.paused.clear()
     monkeypatch.setattr(ConfirmingTransport, 'flush_timeout', 0.2)
 
     with pytest.raises(CommandError, match='did not confirm'):
-        relay()
-    assert rows() == [('1', 'SAVE')]
+        relay_outbox()
+    assert outbox_rows_left('instance_pk', 'signal_type') == [('1', 'SAVE')]
 
-    broker.paused.set()
-    assert broker.wait_settled()
-    assert [p.pk for p in broker.confirmed] == [1]
-    assert rows() == []
+    confirming_broker.paused.set()
+    assert confirming_broker.wait_settled()
+    assert [p.pk for p in confirming_broker.confirmed] == [1]
+    assert outbox_rows_left('instance_pk', 'signal_type') == []
 
 
-def test_item_01_outbox_off_gives_no_callback_and_writes_no_row(broker):
+def test_item_01_outbox_off_gives_no_callback_and_writes_no_row(confirming_broker):
     with override_settings(CQRS={**settings.CQRS, 'master': {'outbox': False}}):
-        broker.paused.set()
+        confirming_broker.paused.set()
         SimplestModel.objects.create(id=1, name='one')
-        assert broker.wait_settled()
-    [payload] = broker.confirmed
+        assert confirming_broker.wait_settled()
+    [payload] = confirming_broker.confirmed
     assert ConfirmingTransport.delivery_callback(payload) is None
-    assert rows() == []
+    assert outbox_rows_left('instance_pk', 'signal_type') == []
 
 
 def test_item_01_transport_without_confirms_non_false_return_is_published(plain):
     SimplestModel.objects.create(id=1, name='one')
     assert [p.pk for p in plain.sent] == [1]
-    assert rows() == []
+    assert outbox_rows_left('instance_pk', 'signal_type') == []
 
     plain.down = True
     SimplestModel.objects.create(id=2, name='two')
-    assert rows() == [('2', 'SAVE')]
+    assert outbox_rows_left('instance_pk', 'signal_type') == [('2', 'SAVE')]
 
     plain.down = False
-    assert 'Relayed 1 ' in relay()
+    assert 'Relayed 1 ' in relay_outbox()
     assert [p.pk for p in plain.sent] == [1, 2]
-    assert rows() == []
+    assert outbox_rows_left('instance_pk', 'signal_type') == []

@@ -132,7 +132,7 @@ def no_instances():
 
 
 @pytest.fixture
-def sent(monkeypatch):
+def published_bodies(monkeypatch):
     """The bodies the RabbitMQ transport would publish, with a fixed expiry date."""
     bodies = []
 
@@ -179,22 +179,22 @@ def test_item_10_2_dump_lines_are_those_of_the_instance_path(
 @pytest.mark.parametrize('model', FAST_MODELS, ids=lambda model: model.CQRS_ID)
 @pytest.mark.parametrize('queue', [[], ['--queue', 'replica']], ids=['broadcast', 'queue'])
 def test_item_10_2_sync_bodies_are_those_of_the_instance_path(
-    model, queue, sent, instance_path, no_instances
+    model, queue, published_bodies, instance_path, no_instances
 ):
     make_rows()
-    sent.clear()
+    published_bodies.clear()
     no_instances.clear()
     fast_out = run_cqrs_sync(model, *queue)
     assert no_instances == [], 'the rows were read as instances'
-    fast = list(sent)
+    fast = list(published_bodies)
     published = model.objects.count() if model.CQRS_PRODUCE else 0
     assert len(fast) == published
     assert all(f'"signal_type":"{SignalType.SYNC}"' in body for body in fast)
 
-    sent.clear()
+    published_bodies.clear()
     instance_path()
     assert run_cqrs_sync(model, *queue) == fast_out
-    assert sent == fast
+    assert published_bodies == fast
 
 
 def test_item_10_2_a_value_the_json_encoder_refuses_fails_alone_as_on_the_instance_path(
@@ -226,7 +226,7 @@ def test_item_10_2_a_value_the_json_encoder_refuses_fails_alone_as_on_the_instan
     assert outputs[0][0].count('\n') == 2
 
 
-def test_item_10_2_sync_batches_are_handed_to_the_transport_at_once(monkeypatch, sent):
+def test_item_10_2_sync_batches_are_handed_to_the_transport_at_once(monkeypatch, published_bodies):
     """One ``produce_many`` per batch of rows."""
     for pk in range(1, 6):
         SimplestModel.objects.create(id=pk, name=f'row {pk}')
@@ -238,17 +238,18 @@ def test_item_10_2_sync_batches_are_handed_to_the_transport_at_once(monkeypatch,
         return real(cls, payloads)
 
     monkeypatch.setattr(LoopbackTransport, 'produce_many', classmethod(produce_many))
-    sent.clear()
+    published_bodies.clear()
     out = run_cqrs_sync(SimplestModel)
     assert batches == [[1, 2], [3, 4], [5]]
-    assert len(sent) == 5
+    assert len(published_bodies) == 5
     assert out.endswith('Done!\n5 instance(s) synced.\n5 instance(s) processed.\n')
 
 
-def test_item_10_2_a_payload_the_transport_refuses_is_reported_as_its_row(monkeypatch, sent):
+def test_item_10_2_a_payload_the_transport_refuses_is_reported_as_its_row(monkeypatch):
     """``produce_many`` raising: the batch is sent one by one, the failing row reported."""
     for pk in range(1, 4):
         SimplestModel.objects.create(id=pk, name=f'row {pk}')
+    published_pks = []
 
     def produce_many(cls, payloads):
         raise TypeError('cannot encode')
@@ -256,14 +257,13 @@ def test_item_10_2_a_payload_the_transport_refuses_is_reported_as_its_row(monkey
     def produce(payload):
         if payload.pk == 2:
             raise TypeError('cannot encode')
-        sent.append(payload.pk)
+        published_pks.append(payload.pk)
 
     monkeypatch.setattr(LoopbackTransport, 'produce_many', classmethod(produce_many))
     monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(produce))
-    sent.clear()
     out = io.StringIO()
     call_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', stdout=out)
-    assert sent == [1, 3]
+    assert published_pks == [1, 3]
     assert 'Sync record failed for pk=2: TypeError: cannot encode' in out.getvalue()
     assert out.getvalue().endswith('Done!\n2 instance(s) synced.\n3 instance(s) processed.\n')
 
@@ -294,7 +294,7 @@ def meta(obj, **kwargs):
     return {'pk': obj.pk}
 
 
-def test_item_10_2_overridden_cqrs_sync_is_called_per_row(monkeypatch, sent):
+def test_item_10_2_overridden_cqrs_sync_is_called_per_row(monkeypatch, published_bodies):
     calls = []
 
     def cqrs_sync_override(self, using=None, queue=None):
@@ -303,10 +303,10 @@ def test_item_10_2_overridden_cqrs_sync_is_called_per_row(monkeypatch, sent):
 
     monkeypatch.setattr(SimplestModel, 'cqrs_sync', cqrs_sync_override)
     SimplestModel.objects.bulk_create([SimplestModel(id=pk, name='x') for pk in (1, 2)])
-    sent.clear()
+    published_bodies.clear()
     run_cqrs_sync(SimplestModel, '--queue', 'replica')
     assert calls == [(1, 'replica'), (2, 'replica')]
-    assert sent == []
+    assert published_bodies == []
 
 
 def test_item_10_2_serializer_model_is_serialized_from_instances(tmp_path, no_instances):
@@ -318,9 +318,9 @@ def test_item_10_2_serializer_model_is_serialized_from_instances(tmp_path, no_in
     assert text.count('\n') == 1
 
 
-def test_item_10_2_expiry_is_that_of_the_instance_path(sent):
+def test_item_10_2_expiry_is_that_of_the_instance_path(published_bodies):
     """The fast path takes the TTL as the instance path does (per message)."""
     SimplestModel.objects.create(id=1, name='x')
-    sent.clear()
+    published_bodies.clear()
     run_cqrs_sync(SimplestModel)
-    assert f'"expires":"{EXPIRES.replace(microsecond=0).isoformat()}"' in sent[0]
+    assert f'"expires":"{EXPIRES.replace(microsecond=0).isoformat()}"' in published_bodies[0]

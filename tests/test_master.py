@@ -35,7 +35,7 @@ from tests.dj_replica.models import (
     TreeReplica,
     UUIDReplica,
 )
-from tests.harness import override_cqrs
+from tests.harness import override_cqrs, signal_types
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -68,10 +68,6 @@ def _clear_calls():
 
 def db_revision(model, pk):
     return model.objects.values_list('cqrs_revision', flat=True).get(pk=pk)
-
-
-def signal_types(payloads):
-    return [p.signal_type for p in payloads]
 
 
 # --- create / update / delete ---------------------------------------------------------------

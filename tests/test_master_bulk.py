@@ -22,6 +22,7 @@ from tests.dj_replica.models import (
     SometimesReplica,
     TrackedReplica,
 )
+from tests.harness import signal_types
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -218,7 +219,3 @@ def test_call_post_update_by_hand(produced):
     assert {p.instance_data['cqrs_revision'] for p in produced} == {1}
     replicas = SimplestReplica.objects.order_by('pk')
     assert [(r.name, r.cqrs_revision) for r in replicas] == [('y', 1), ('y', 1)]
-
-
-def signal_types(payloads):
-    return [p.signal_type for p in payloads]

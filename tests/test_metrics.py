@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
-from types import SimpleNamespace
 
 import prometheus_client
 import pytest
@@ -25,9 +24,8 @@ from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import consumer
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.models import CQRSOutboxMessage
-from dj_cqrs.transport._consuming import Delivery, Worker
+from dj_cqrs.transport._consuming import Delivery
 from dj_cqrs.transport.loopback import LoopbackTransport
-from dj_cqrs.transport.mixins import LoggingMixin
 from tests import harness
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import DBErrorReplica, SimplestReplica
@@ -48,25 +46,6 @@ def master_registry(monkeypatch):
     registry = CollectorRegistry()
     monkeypatch.setattr(metrics, 'master', metrics.MasterMetrics(registry))
     return registry
-
-
-class _Transport(LoggingMixin):
-    pass
-
-
-def worker(delay_queue_max_size=100):
-    sent = SimpleNamespace(acked=[], rejected=[], published=[])
-    return (
-        Worker(
-            _Transport,
-            'replica',
-            ack=sent.acked.append,
-            reject=sent.rejected.append,
-            publish=lambda key, body, expiration: sent.published.append(key),
-            delay_queue_max_size=delay_queue_max_size,
-        ),
-        sent,
-    )
 
 
 def body(signal_type, cqrs_id, pk, rev=0, updated=None, retries=0, expires=None, **fields):
@@ -91,7 +70,7 @@ def test_item_02_worker_counts_every_outcome_of_a_batch(replica_registry):
     DBErrorReplica.ATTEMPTS.clear()
     expired = timezone.now() - timedelta(hours=1)
     lagging = timezone.now() - timedelta(seconds=30)
-    w, sent = worker()
+    w, sent = harness.recording_worker()
     w.handle_batch(
         deliveries(
             body(SignalType.SAVE, 'simplest', 1, updated=lagging),
@@ -132,7 +111,7 @@ def test_item_02_worker_counts_every_outcome_of_a_batch(replica_registry):
 @pytest.mark.django_db(transaction=True)
 def test_item_02_single_message_stale_and_tombstone_stale(replica_registry, settings):
     SimplestReplica.objects.create(id=9, name='kept', cqrs_revision=5, cqrs_updated=timezone.now())
-    w, _ = worker()
+    w, _ = harness.recording_worker()
     w.handle_batch(deliveries(body(SignalType.SAVE, 'simplest', 9, rev=5)))  # duplicate
     w.handle_batch(deliveries(body(SignalType.DELETE, 'simplest', 9, rev=6)))
     before = timezone.now() - timedelta(hours=1)
@@ -161,7 +140,7 @@ def test_item_02_stale_is_counted_once_when_the_batch_is_applied_again(
         raise RuntimeError('commit failed')
 
     monkeypatch.setattr(consumer, 'consume_batch', failing_commit)
-    w, sent = worker()
+    w, sent = harness.recording_worker()
     w.handle_batch(
         deliveries(
             body(SignalType.SAVE, 'simplest', 9, rev=2),

@@ -26,7 +26,7 @@ from tests.dj_replica.models import (
     RawReplica,
     SimplestReplica,
 )
-from tests.harness import PAYLOAD_UPDATED, override_cqrs, payload
+from tests.harness import PAYLOAD_UPDATED, logged, override_cqrs, payload
 from tests.harness import instance_data as data
 
 pytestmark = pytest.mark.django_db
@@ -46,18 +46,9 @@ def delete(cqrs_id, instance_data, **kwargs):
     return consume(payload(SignalType.DELETE, cqrs_id, instance_data, **kwargs))
 
 
-def logs(caplog, level=None):
-    """Messages logged on ``django-cqrs`` (optionally only of one level name)."""
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == 'django-cqrs' and (level is None or r.levelname == level)
-    ]
-
-
 def has_log(caplog, level, *words):
     """True when one ``django-cqrs`` record of ``level`` contains every word (case-insensitive)."""
-    return any(all(w.lower() in m.lower() for w in words) for m in logs(caplog, level))
+    return any(all(w.lower() in m.lower() for w in words) for m in logged(caplog, level))
 
 
 def make_simplest(pk=1, rev=3, name='stored'):
@@ -78,7 +69,7 @@ def test_save_creates_row(cqrs_logs):
     assert row.name == 'first'
     assert row.cqrs_revision == 0
     assert row.cqrs_updated == UPDATED_DT
-    assert not logs(cqrs_logs, 'ERROR')
+    assert not logged(cqrs_logs, 'ERROR')
 
 
 def test_newer_save_updates_row(cqrs_logs):
@@ -91,8 +82,8 @@ def test_newer_save_updates_row(cqrs_logs):
     assert row.name == 'second'
     assert row.cqrs_revision == 1
     assert row.cqrs_updated == datetime(2024, 5, 2, 10, 0, tzinfo=timezone.utc)
-    assert not logs(cqrs_logs, 'ERROR')
-    assert not logs(cqrs_logs, 'WARNING')
+    assert not logged(cqrs_logs, 'ERROR')
+    assert not logged(cqrs_logs, 'WARNING')
 
 
 def test_out_of_order_save_is_ignored_but_handled(cqrs_logs):
@@ -116,7 +107,7 @@ def test_duplicate_save_is_ignored(cqrs_logs):
     row = SimplestReplica.objects.get(id=1)
     assert row.name == 'stored'
     assert row.cqrs_revision == 3
-    assert any('duplicate' in m.lower() for m in logs(cqrs_logs))
+    assert any('duplicate' in m.lower() for m in logged(cqrs_logs))
 
 
 def test_duplicate_of_revision_zero_warns_about_creation_race(cqrs_logs):
@@ -125,7 +116,7 @@ def test_duplicate_of_revision_zero_warns_about_creation_race(cqrs_logs):
     assert save('simplest', data(1, 0, name='again'))
 
     assert SimplestReplica.objects.get(id=1).name == 'stored'
-    assert any('duplicate' in m.lower() for m in logs(cqrs_logs))
+    assert any('duplicate' in m.lower() for m in logged(cqrs_logs))
     assert has_log(cqrs_logs, 'WARNING', 'race')
 
 
@@ -174,7 +165,7 @@ def test_sync_with_equal_revision_is_applied(cqrs_logs):
     row = SimplestReplica.objects.get(id=1)
     assert row.name == 'synced'
     assert row.cqrs_revision == 5
-    assert not any('duplicate' in m.lower() for m in logs(cqrs_logs))
+    assert not any('duplicate' in m.lower() for m in logged(cqrs_logs))
 
 
 def test_sync_creates_missing_row():
@@ -240,7 +231,7 @@ def test_save_without_sync_fields_does_not_update(cqrs_logs, missing):
     assert not SimplestReplica.cqrs_save(instance_data)
 
     assert SimplestReplica.objects.get(id=1).name == 'stored'
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
 
 
 def test_save_without_pk_is_not_applied(cqrs_logs):
@@ -251,7 +242,7 @@ def test_save_without_pk_is_not_applied(cqrs_logs):
 
     assert not result
     assert not SimplestReplica.objects.exists()
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
 
 
 def test_unknown_keys_are_dropped(mocker):
@@ -401,7 +392,7 @@ def test_custom_serialization_still_needs_sync_fields(cqrs_logs):
 
     assert not save('author', instance_data)
     assert not AuthorReplica.objects.exists()
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
 
 
 # --- CQRS_SELECT_FOR_UPDATE -------------------------------------------------------------------
@@ -598,7 +589,7 @@ def test_delete_without_sync_fields_fails(cqrs_logs, missing):
 
     assert not delete('simplest', instance_data)
     assert SimplestReplica.objects.filter(id=1).exists()
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
 
 
 def test_delete_with_mapping_uses_master_id():
@@ -674,7 +665,7 @@ def test_not_null_violation_on_create_is_logged_and_fails(cqrs_logs):
 
     assert not result
     assert not AutoFieldsReplica.objects.exists()
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
 
     # the next message on the same connection still applies
     assert save('auto_fields', data(1, 0, name='ok', flag=True))
@@ -689,7 +680,7 @@ def test_integrity_error_in_custom_create_is_logged(cqrs_logs, monkeypatch):
 
     assert not save('simplest', data(1, 0, name='a'))
 
-    assert any('custom integrity failure' in m for m in logs(cqrs_logs, 'ERROR'))
+    assert any('custom integrity failure' in m for m in logged(cqrs_logs, 'ERROR'))
     assert not SimplestReplica.objects.exists()
 
 
@@ -701,7 +692,7 @@ def test_db_error_on_update_is_logged_and_row_kept(cqrs_logs):
     assert not result
     row = AutoFieldsReplica.objects.get(id=1)
     assert (row.name, row.cqrs_revision) == ('ok', 0)
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
 
     assert save('auto_fields', data(1, 1, name='fixed', flag=True))
     assert AutoFieldsReplica.objects.get(id=1).name == 'fixed'
@@ -712,7 +703,7 @@ def test_validation_error_is_logged_and_fails(cqrs_logs):
 
     assert not result
     assert not AutoFieldsReplica.objects.exists()
-    assert logs(cqrs_logs, 'ERROR')
+    assert logged(cqrs_logs, 'ERROR')
 
 
 def test_previous_data_reaches_hooks(recorded):

@@ -20,11 +20,10 @@ from dj_cqrs.constants import SignalType
 from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.management.commands import cqrs_status
 from dj_cqrs.models import CQRSLagSample, CQRSOutboxMessage, CQRSReplicaStatus
-from dj_cqrs.transport._consuming import Delivery, Worker
+from dj_cqrs.transport._consuming import Delivery
 from dj_cqrs.transport._queues import BrokerUnreachable, QueueFigures
-from dj_cqrs.transport.mixins import LoggingMixin
 from tests.dj_replica.models import SimplestReplica
-from tests.harness import call_exiting
+from tests.harness import call_exiting, recording_worker
 
 NOW = datetime(2026, 3, 1, 12, 30, 40, tzinfo=dt_timezone.utc)
 
@@ -40,7 +39,8 @@ def message(pk, signal_type=SignalType.SAVE, cqrs_id='simplest', updated=None):
     return TransportPayload(signal_type, cqrs_id, data, pk)
 
 
-def rows():
+def status_rows():
+    """``{cqrs_id: (last_applied, last_master_updated)}`` of the replica status table."""
     return {
         row.cqrs_id: (row.last_applied, row.last_master_updated)
         for row in CQRSReplicaStatus.objects.all()
@@ -72,7 +72,7 @@ def test_item_01_record_upserts_last_applied_and_the_minute_lag_in_one_statement
 
     writes = [q for q in status_writes(queries) if q.startswith(('INSERT', 'WITH'))]
     assert len(writes) == (1 if connection.vendor == 'postgresql' else 2)
-    assert rows() == {'simplest': (NOW, at(5)), 'author': (NOW, None)}
+    assert status_rows() == {'simplest': (NOW, at(5)), 'author': (NOW, None)}
     minute = NOW.replace(second=0)
     # The largest lag of the batch: its oldest change; 'author' had no cqrs_updated.
     assert samples() == [('simplest', minute, 30.0)]
@@ -92,7 +92,7 @@ def test_item_01_record_never_moves_back_and_keeps_the_minute_maximum():
         'default', replica_status.summarize([message(3, updated=at(70))], later), later
     )
 
-    assert rows() == {'simplest': (later, at(50))}
+    assert status_rows() == {'simplest': (later, at(50))}
     assert samples() == [('simplest', NOW.replace(second=0), 90.0)]
 
     next_minute = NOW + timedelta(minutes=1)
@@ -116,7 +116,7 @@ def test_item_01_other_databases_upsert_through_the_orm_with_the_same_result(mon
         'default', replica_status.summarize([message(3, updated=at(70))], later), later
     )
 
-    assert rows() == {'simplest': (later, at(50))}
+    assert status_rows() == {'simplest': (later, at(50))}
     assert samples() == [('simplest', NOW.replace(second=0), 90.0)]
 
 
@@ -126,7 +126,7 @@ def test_item_01_syncs_count_as_applied_but_not_in_the_lag():
     progress = replica_status.summarize([message(1, SignalType.SYNC, updated=old)], NOW)
     replica_status.record('default', progress, NOW)
 
-    assert rows() == {'simplest': (NOW, None)}
+    assert status_rows() == {'simplest': (NOW, None)}
     assert samples() == []
 
 
@@ -153,21 +153,6 @@ def test_item_01_purge_keeps_two_hours_of_samples():
     assert len(samples()) == 2
 
 
-class _Transport(LoggingMixin):
-    pass
-
-
-def worker(acked):
-    return Worker(
-        _Transport,
-        'replica',
-        ack=acked.append,
-        reject=pytest.fail,
-        publish=lambda *args: None,
-        delay_queue_max_size=10,
-    )
-
-
 def delivery(pk, updated, cqrs_id='simplest', tag=None):
     body = message(pk, cqrs_id=cqrs_id, updated=updated).to_dict()
     return Delivery(ujson.dumps(body), cqrs_id, tag or f'tag-{pk}')
@@ -183,23 +168,22 @@ def status_upserts(queries):
 
 @pytest.mark.django_db(transaction=True)
 def test_item_01_worker_writes_the_status_at_most_once_per_batch_after_the_commit():
-    acked = []
-    consumer = worker(acked)
+    consumer, calls = recording_worker()
     now = timezone.now()
     batch = [delivery(pk, now - timedelta(seconds=pk)) for pk in range(1, 41)]
     batch.append(delivery(41, now - timedelta(seconds=3), cqrs_id='no_db'))
     with CaptureQueriesContext(connection) as queries:
         consumer.handle_batch(batch)
 
-    assert len(acked) == 41
+    assert len(calls.acked) == 41
     writes = status_upserts(queries.captured_queries)
     assert len(writes) == 1  # one upsert for the 41 messages and both CQRS_IDs
     sqls = [q['sql'] for q in queries.captured_queries]
     assert writes[0] > max(i for i, sql in enumerate(sqls) if 'simplestreplica' in sql)
     if connection.vendor == 'postgresql':  # a commit that does not wait for the disk
         assert sqls[writes[0] - 1] == 'SET LOCAL synchronous_commit TO OFF'
-    assert set(rows()) == {'simplest', 'no_db'}
-    newest = rows()['simplest'][1]
+    assert set(status_rows()) == {'simplest', 'no_db'}
+    newest = status_rows()['simplest'][1]
     assert newest.replace(microsecond=0) == (now - timedelta(seconds=1)).replace(microsecond=0)
     ((_id, _minute, lag),) = [s for s in samples() if s[0] == 'simplest']
     assert 40 <= lag < 60
@@ -213,12 +197,13 @@ def test_item_01_worker_writes_the_status_at_most_once_per_batch_after_the_commi
     with CaptureQueriesContext(connection) as queries:
         consumer.write_progress()
     assert len(status_upserts(queries.captured_queries)) == 1
-    assert rows()['simplest'][1] == later + timedelta(seconds=1)
+    assert status_rows()['simplest'][1] == later + timedelta(seconds=1)
+    assert calls.rejected == []
 
 
 @pytest.mark.django_db(transaction=True)
 def test_item_01_run_writes_what_is_pending_when_due_and_at_stop(monkeypatch):
-    consumer = worker([])
+    consumer, calls = recording_worker()
     written = []
     monkeypatch.setattr(replica_status, 'record', lambda using, progress: written.append(progress))
     polls = iter(
@@ -242,6 +227,7 @@ def test_item_01_run_writes_what_is_pending_when_due_and_at_stop(monkeypatch):
     consumer.run(Stop(), poll)
 
     assert [list(progress) for progress in written] == [['simplest'], ['simplest']]
+    assert calls.rejected == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -250,13 +236,12 @@ def test_item_01_a_failed_status_write_is_logged_once_and_never_raised(monkeypat
         raise DatabaseError('no such table: dj_cqrs_replica_status')
 
     monkeypatch.setattr(replica_status, 'record', broken)
-    acked = []
-    consumer = worker(acked)
+    consumer, calls = recording_worker()
     consumer.handle_batch([delivery(1, timezone.now()), delivery(2, timezone.now())])
     consumer.handle_batch([delivery(3, timezone.now())])
     consumer.write_progress()
 
-    assert acked == ['tag-1', 'tag-2', 'tag-3']
+    assert (calls.acked, calls.rejected) == (['tag-1', 'tag-2', 'tag-3'], [])
     assert SimplestReplica.objects.count() == 3
     errors = [r.getMessage() for r in caplog.records if 'status could not' in r.getMessage()]
     assert errors == [
@@ -268,7 +253,7 @@ def test_item_01_a_failed_status_write_is_logged_once_and_never_raised(monkeypat
 
 
 @pytest.fixture
-def broker(monkeypatch):
+def queue_figures(monkeypatch):
     """The broker figures ``collect`` gets: replica queue, dead letters (a test may change)."""
     figures = {'replica': (4, 1, 2), 'dead_letter_replica': (3, 0, 0)}
 
@@ -282,7 +267,7 @@ def broker(monkeypatch):
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
-def test_item_01_collect_replica_models_lag_and_queues(broker, monkeypatch):
+def test_item_01_collect_replica_models_lag_and_queues(queue_figures, monkeypatch):
     monkeypatch.setattr(timezone, 'now', lambda: NOW)
     CQRSReplicaStatus.objects.create(
         cqrs_id='simplest', last_applied=at(2), last_master_updated=at(12)
@@ -310,7 +295,7 @@ def test_item_01_collect_replica_models_lag_and_queues(broker, monkeypatch):
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
-def test_item_01_collect_master_outbox_backlog(broker, monkeypatch):
+def test_item_01_collect_master_outbox_backlog(queue_figures, monkeypatch):
     monkeypatch.setattr(timezone, 'now', lambda: NOW)
     for seconds in (30, 5):
         row = CQRSOutboxMessage.objects.create(cqrs_id='basic', instance_pk='1', signal_type='SAVE')
@@ -324,12 +309,12 @@ def test_item_01_collect_master_outbox_backlog(broker, monkeypatch):
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
-def test_item_01_as_dict_is_the_json_document(broker, monkeypatch):
+def test_item_01_as_dict_is_the_json_document(queue_figures, monkeypatch):
     monkeypatch.setattr(timezone, 'now', lambda: NOW)
     CQRSReplicaStatus.objects.create(
         cqrs_id='simplest', last_applied=at(2), last_master_updated=at(12)
     )
-    broker['down'] = True
+    queue_figures['down'] = True
 
     document = status.collect('both').as_dict()
 
@@ -373,12 +358,8 @@ def test_item_01_lag_history_per_cqrs_id_oldest_first(monkeypatch):
 # --- the command --------------------------------------------------------------------------------
 
 
-def run(*args):
-    return call_exiting('cqrs_status', *args)
-
-
 @pytest.fixture
-def lagging(broker, monkeypatch):
+def lagging(queue_figures, monkeypatch):
     """simplest applied 12 s ago; 4 ready + 1 unacked in the queue, 3 dead letters; an outbox
     row 30 s old."""
     monkeypatch.setattr(timezone, 'now', lambda: NOW)
@@ -387,7 +368,7 @@ def lagging(broker, monkeypatch):
     )
     row = CQRSOutboxMessage.objects.create(cqrs_id='basic', instance_pk='1', signal_type='SAVE')
     CQRSOutboxMessage.objects.filter(pk=row.pk).update(created=at(30))
-    return broker
+    return queue_figures
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
@@ -406,7 +387,7 @@ def lagging(broker, monkeypatch):
     ],
 )  # fmt: skip
 def test_item_01_thresholds_exit_status_and_the_line_naming_it(lagging, args, code, line):
-    exit_code, out, err = run(*args)
+    exit_code, out, err = call_exiting('cqrs_status', *args)
 
     assert exit_code == code
     assert err.splitlines() == ([f'CQRS status: {line}'] if line else [])
@@ -416,15 +397,15 @@ def test_item_01_thresholds_exit_status_and_the_line_naming_it(lagging, args, co
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_a_caught_up_replica_is_not_lagging(lagging):
     lagging['replica'] = (0, 0, 1)
-    assert run('--max-lag', '1')[0] == 0
+    assert call_exiting('cqrs_status', '--max-lag', '1')[0] == 0
     lagging['replica'] = (0, 2, 1)  # held by a worker (in flight or delayed for a retry)
-    assert run('--max-lag', '1')[0] == 1
+    assert call_exiting('cqrs_status', '--max-lag', '1')[0] == 1
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_broker_down_exits_2_with_a_one_line_reason(lagging):
     lagging['down'] = True
-    code, out, err = run('--max-ready', '0')
+    code, out, err = call_exiting('cqrs_status', '--max-ready', '0')
 
     assert code == 2
     assert err == 'CQRS status: broker localhost:1// unreachable: ConnectionRefusedError: refused\n'
@@ -432,7 +413,7 @@ def test_item_01_broker_down_exits_2_with_a_one_line_reason(lagging):
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
-def test_item_01_database_down_exits_2_with_a_one_line_reason(broker, monkeypatch):
+def test_item_01_database_down_exits_2_with_a_one_line_reason(queue_figures, monkeypatch):
     def unreachable(*args, **kwargs):
         raise DatabaseError('connection to server at "db" failed\nIs the server running?')
 
@@ -440,7 +421,7 @@ def test_item_01_database_down_exits_2_with_a_one_line_reason(broker, monkeypatc
         _default_manager = SimpleNamespace(using=unreachable)
 
     monkeypatch.setattr(status, 'CQRSReplicaStatus', Unreachable)
-    code, _out, err = run('--max-lag', '1')
+    code, _out, err = call_exiting('cqrs_status', '--max-lag', '1')
 
     assert code == 2
     assert err == 'CQRS status: database default: connection to server at "db" failed\n'
@@ -448,7 +429,7 @@ def test_item_01_database_down_exits_2_with_a_one_line_reason(broker, monkeypatc
 
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_json_output(lagging):
-    code, out, err = run('--json', '--max-ready', '3')
+    code, out, err = call_exiting('cqrs_status', '--json', '--max-ready', '3')
 
     document = json.loads(out)
     assert code == 1
@@ -465,7 +446,7 @@ def test_item_01_json_output(lagging):
 @pytest.mark.django_db(databases=['default', 'other'])
 def test_item_01_table_output(lagging):
     lagging['replica'] = (4, None, None)
-    out = run()[1]
+    out = call_exiting('cqrs_status')[1]
 
     assert out.splitlines()[:5] == [
         'CQRS status (both), broker localhost:5672//: reachable',

@@ -11,7 +11,6 @@ import json
 import re
 import sys
 import uuid
-from contextlib import redirect_stderr, redirect_stdout
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from unittest import mock
@@ -19,7 +18,6 @@ from unittest import mock
 import pytest
 import ujson
 from django.core.management import call_command
-from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -44,6 +42,7 @@ from tests.dj_replica.models import (
     SimplestReplica,
     UUIDReplica,
 )
+from tests.harness import command_error, run_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,29 +51,6 @@ NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def run(name: str, *args: str, stdin: str | None = None) -> tuple[str, str]:
-    """Run a management command; return what it wrote to stdout and stderr.
-
-    ``sys.stdout`` / ``sys.stderr`` are swapped for ``StringIO`` objects, so both
-    ``self.stdout`` and direct writes (``-o -``, tqdm progress bars) are captured.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    stdin_stream = io.StringIO(stdin if stdin is not None else '')
-    with mock.patch.object(sys, 'stdin', stdin_stream), redirect_stdout(out), redirect_stderr(err):
-        call_command(name, *args)
-    return out.getvalue(), err.getvalue()
-
-
-def command_error(name: str, *args: str, stdin: str | None = None) -> str:
-    """Run a command that must fail with a one-line ``CommandError``; return the message."""
-    with pytest.raises(CommandError) as excinfo:
-        run(name, *args, stdin=stdin)
-    message = str(excinfo.value).strip()
-    assert message
-    assert '\n' not in message, message
-    return message
 
 
 def master_selects(queries, table: str) -> list[str]:
@@ -194,7 +170,7 @@ def test_sync_all_publishes_one_sync_per_row(produced):
     SimplestReplica.objects.all().delete()
     produced.clear()
 
-    out, err = run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}')
+    out, err = run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}')
 
     assert out == 'Done!\n4 instance(s) synced.\n4 instance(s) processed.\n'
     assert err == ''
@@ -213,7 +189,7 @@ def test_sync_filter_selects_only_matching_rows(produced):
     make_simplest(5)
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{"id__in": [1, 2]}')
+    run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{"id__in": [1, 2]}')
 
     assert sorted(p.pk for p in produced) == [1, 2]
     assert {p.signal_type for p in produced} == {SignalType.SYNC}
@@ -223,7 +199,7 @@ def test_sync_filter_matching_nothing_publishes_nothing(produced):
     make_simplest(2)
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{"name": "nobody"}')
+    run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{"name": "nobody"}')
 
     assert produced == []
 
@@ -232,7 +208,7 @@ def test_sync_queue_none_is_a_broadcast(produced):
     make_simplest(2)
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-q', 'None')
+    run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-q', 'None')
 
     assert [p.queue for p in produced] == [None, None]
 
@@ -241,7 +217,7 @@ def test_sync_queue_is_set_on_every_payload(produced):
     make_simplest(3)
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-q', 'replica')
+    run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-q', 'replica')
 
     assert len(produced) == 3
     assert {p.queue for p in produced} == {'replica'}
@@ -254,7 +230,7 @@ def test_sync_skips_rows_that_are_not_sync_instances(produced):
     SometimesSyncedModel.objects.create(name='public three')
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'sometimes', '-f', '{}')
+    run_command('cqrs_sync', '--cqrs-id', 'sometimes', '-f', '{}')
 
     assert sorted(p.instance_data['name'] for p in produced) == ['public one', 'public three']
 
@@ -264,7 +240,7 @@ def test_sync_batches_read_with_keyset_pagination(produced):
     produced.clear()
 
     with CaptureQueriesContext(connection) as ctx:
-        run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-b', '2')
+        run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-b', '2')
 
     pages = page_selects(ctx.captured_queries, 'dj_master_simplestmodel')
     assert len(pages) >= 3, pages
@@ -278,7 +254,7 @@ def test_sync_batch_size_equal_to_row_count(produced):
     make_simplest(4)
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-b', '2')
+    run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-b', '2')
 
     assert sorted(p.pk for p in produced) == [1, 2, 3, 4]
 
@@ -287,7 +263,7 @@ def test_sync_batches_with_filter(produced):
     make_simplest(9)
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{"id__gt": 3}', '-b', '2')
+    run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{"id__gt": 3}', '-b', '2')
 
     assert sorted(p.pk for p in produced) == [4, 5, 6, 7, 8, 9]
 
@@ -300,7 +276,7 @@ def test_sync_serializer_model_reads_relations_per_batch_not_per_row(produced):
     produced.clear()
 
     with CaptureQueriesContext(connection) as ctx:
-        run('cqrs_sync', '--cqrs-id', 'author', '-f', '{}', '-b', '2')
+        run_command('cqrs_sync', '--cqrs-id', 'author', '-f', '{}', '-b', '2')
 
     assert sorted(p.pk for p in produced) == [1, 2, 3, 4, 5, 6, 7]
     by_pk = {p.pk: p.instance_data for p in produced}
@@ -333,7 +309,7 @@ def test_sync_uuid_pks(produced):
     pks = {UUIDPkModel.objects.create(name=f'u{n}').pk for n in range(5)}
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'uuid_pk', '-f', '{}', '-b', '2')
+    run_command('cqrs_sync', '--cqrs-id', 'uuid_pk', '-f', '{}', '-b', '2')
 
     assert len(produced) == 5
     assert sorted(p.to_dict()['instance_pk'] for p in produced) == sorted(str(pk) for pk in pks)
@@ -344,7 +320,7 @@ def test_sync_uuid_pk_filter(produced):
     rows = [UUIDPkModel.objects.create(name=f'u{n}') for n in range(3)]
     produced.clear()
 
-    run('cqrs_sync', '--cqrs-id', 'uuid_pk', '-f', json.dumps({'id': str(rows[1].pk)}))
+    run_command('cqrs_sync', '--cqrs-id', 'uuid_pk', '-f', json.dumps({'id': str(rows[1].pk)}))
 
     assert [p.to_dict()['instance_pk'] for p in produced] == [str(rows[1].pk)]
 
@@ -353,7 +329,7 @@ def test_item_21_sync_progress_is_the_original_text_on_stdout(produced):
     make_simplest(5)
     produced.clear()
 
-    out, err = run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-p', '-b', '2')
+    out, err = run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}', '-p', '-b', '2')
 
     assert err == ''
     step = PROGRESS_STEP.replace('TOTAL', '5')
@@ -370,7 +346,7 @@ def test_item_21_sync_progress_is_the_original_text_on_stdout(produced):
 
 def test_sync_without_progress_prints_only_the_summary(produced):
     make_simplest(3)
-    out, err = run('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}')
+    out, err = run_command('cqrs_sync', '--cqrs-id', 'simplest', '-f', '{}')
     assert (out, err) == ('Done!\n3 instance(s) synced.\n3 instance(s) processed.\n', '')
 
 
@@ -378,7 +354,7 @@ def test_item_21_sync_without_filter_syncs_nothing(produced):
     make_simplest(2)
     produced.clear()
 
-    out, err = run('cqrs_sync', '--cqrs-id', 'simplest')
+    out, err = run_command('cqrs_sync', '--cqrs-id', 'simplest')
 
     assert (out, err) == ('No objects found for filter!\n', '')
     assert produced == []
@@ -388,7 +364,7 @@ def test_item_21_sync_of_a_model_that_does_not_produce_publishes_nothing(produce
     NoProduceModel.objects.create(name='quiet')
     produced.clear()
 
-    out, _ = run('cqrs_sync', '--cqrs-id', 'no_produce', '-f', '{}')
+    out, _ = run_command('cqrs_sync', '--cqrs-id', 'no_produce', '-f', '{}')
 
     # Counted as synced, as django-cqrs counts every row whose cqrs_sync did not raise.
     assert out == 'Done!\n1 instance(s) synced.\n1 instance(s) processed.\n'
@@ -453,7 +429,7 @@ def test_dump_to_default_file_in_cwd(offline, tmp_path, monkeypatch):
     rows = make_simplest(3, bump={2: 3})
     monkeypatch.chdir(tmp_path)
 
-    out, _ = run('cqrs_bulk_dump', '--cqrs-id', 'simplest')
+    out, _ = run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest')
 
     assert out == ''
     assert sorted(p.name for p in tmp_path.iterdir()) == ['simplest.dump']
@@ -468,13 +444,13 @@ def test_dump_to_default_file_in_cwd(offline, tmp_path, monkeypatch):
 def test_dump_first_line_is_exactly_the_cqrs_id(offline, tmp_path):
     make_simplest(1)
     path = tmp_path / 'x.dump'
-    run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path))
+    run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path))
     assert path.read_text(encoding='utf-8').split('\n', 1)[0] == 'simplest'
 
 
 def test_dump_empty_table_is_only_the_header(offline, tmp_path):
     path = tmp_path / 'empty.dump'
-    run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path))
+    run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path))
     assert path.read_text(encoding='utf-8').strip() == 'simplest'
 
 
@@ -482,7 +458,7 @@ def test_dump_all_value_types(offline, tmp_path):
     make_auto_fields()
     path = tmp_path / 'auto.dump'
 
-    run('cqrs_bulk_dump', '--cqrs-id', 'auto_fields', '-o', str(path))
+    run_command('cqrs_bulk_dump', '--cqrs-id', 'auto_fields', '-o', str(path))
 
     header, body = read_dump(path.read_text(encoding='utf-8'))
     assert header == 'auto_fields'
@@ -501,8 +477,8 @@ def test_dump_cqrs_fields_and_serializer(offline, tmp_path):
     Author.objects.create(id=1, name='a1', publisher=publisher)
     Author.objects.create(id=2, name='a2')
 
-    run('cqrs_bulk_dump', '--cqrs-id', 'filtered', '-o', str(tmp_path / 'f.dump'))
-    run('cqrs_bulk_dump', '--cqrs-id', 'author', '-o', str(tmp_path / 'a.dump'))
+    run_command('cqrs_bulk_dump', '--cqrs-id', 'filtered', '-o', str(tmp_path / 'f.dump'))
+    run_command('cqrs_bulk_dump', '--cqrs-id', 'author', '-o', str(tmp_path / 'a.dump'))
 
     _, filtered = read_dump((tmp_path / 'f.dump').read_text(encoding='utf-8'))
     assert filtered == [FilteredModel.objects.get().to_cqrs_dict()]
@@ -529,7 +505,7 @@ def test_dump_overwrites_with_force(offline, tmp_path):
     path = tmp_path / 'out.dump'
     path.write_text('precious\n')
 
-    run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path), '-f')
+    run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path), '-f')
 
     header, body = read_dump(path.read_text(encoding='utf-8'))
     assert header == 'simplest'
@@ -541,7 +517,7 @@ def test_dump_to_stdout(offline, tmp_path, monkeypatch):
     rows = make_simplest(3)
     monkeypatch.chdir(tmp_path)
 
-    out, err = run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-')
+    out, err = run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-')
 
     header, body = read_dump(out)
     assert header == 'simplest'
@@ -553,7 +529,7 @@ def test_dump_to_stdout(offline, tmp_path, monkeypatch):
 def test_dump_to_stdout_with_progress_keeps_stdout_clean(offline):
     rows = make_simplest(4)
 
-    out, err = run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-', '-p', '-b', '3')
+    out, err = run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-', '-p', '-b', '3')
 
     header, body = read_dump(out)
     assert header == 'simplest'
@@ -604,7 +580,7 @@ def test_item_22_dump_row_that_fails_is_reported_and_skipped(offline, tmp_path, 
 
     monkeypatch.setattr(SimplestModel, 'to_cqrs_dict', to_cqrs_dict)
 
-    out, err = run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path), '-b', '2')
+    out, err = run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path), '-b', '2')
 
     assert out == ''
     assert err == (
@@ -630,7 +606,7 @@ def test_dump_failing_midway_leaves_no_partial_file(offline, tmp_path, monkeypat
     monkeypatch.setattr(SimplestModel, 'to_cqrs_dict', to_cqrs_dict)
 
     with pytest.raises(KeyboardInterrupt):
-        run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path), '-f', '-b', '2')
+        run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path), '-f', '-b', '2')
 
     assert path.read_text() == 'previous dump\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['out.dump']
@@ -641,7 +617,7 @@ def test_dump_batches_with_keyset_pagination(offline, tmp_path):
     path = tmp_path / 'b.dump'
 
     with CaptureQueriesContext(connection) as ctx:
-        run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path), '-b', '2')
+        run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', str(path), '-b', '2')
 
     pages = page_selects(ctx.captured_queries, 'dj_master_simplestmodel')
     assert len(pages) >= 4, pages
@@ -658,7 +634,9 @@ def test_dump_serializer_model_one_query_per_batch(offline, tmp_path):
         )
 
     with CaptureQueriesContext(connection) as ctx:
-        run('cqrs_bulk_dump', '--cqrs-id', 'author', '-o', str(tmp_path / 'a.dump'), '-b', '2')
+        run_command(
+            'cqrs_bulk_dump', '--cqrs-id', 'author', '-o', str(tmp_path / 'a.dump'), '-b', '2'
+        )
 
     queries = ctx.captured_queries
     assert [
@@ -676,7 +654,7 @@ def test_dump_serializer_model_one_query_per_batch(offline, tmp_path):
 
 
 def dump_to(path, cqrs_id: str) -> None:
-    run('cqrs_bulk_dump', '--cqrs-id', cqrs_id, '-o', str(path), '-f')
+    run_command('cqrs_bulk_dump', '--cqrs-id', cqrs_id, '-o', str(path), '-f')
 
 
 def test_load_file_gives_identical_replica_table(offline, tmp_path):
@@ -686,7 +664,7 @@ def test_load_file_gives_identical_replica_table(offline, tmp_path):
     dump_to(path, 'simplest')
     assert SimplestReplica.objects.count() == 0
 
-    out, _ = run('cqrs_bulk_load', '-i', str(path))
+    out, _ = run_command('cqrs_bulk_load', '-i', str(path))
 
     assert out == ''
     assert simplest_replica_rows() == simplest_master_rows()
@@ -698,14 +676,14 @@ def test_load_from_stdin(offline, tmp_path):
     path = tmp_path / 'simplest.dump'
     dump_to(path, 'simplest')
 
-    run('cqrs_bulk_load', '-i', '-', stdin=path.read_text(encoding='utf-8'))
+    run_command('cqrs_bulk_load', '-i', '-', stdin=path.read_text(encoding='utf-8'))
 
     assert simplest_replica_rows() == simplest_master_rows()
 
 
 def test_load_stdin_without_trailing_newline(offline):
     text = '\n'.join(['simplest', simplest_line(1, 'a'), simplest_line(2, 'b')])
-    run('cqrs_bulk_load', '-i', '-', stdin=text)
+    run_command('cqrs_bulk_load', '-i', '-', stdin=text)
     assert sorted(SimplestReplica.objects.values_list('id', 'name')) == [(1, 'a'), (2, 'b')]
 
 
@@ -714,7 +692,7 @@ def test_load_all_value_types(offline, tmp_path):
     path = tmp_path / 'auto.dump'
     dump_to(path, 'auto_fields')
 
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
 
     master = list(AutoFieldsModel.objects.order_by('pk').values_list(*AUTO_FIELDS))
     replica = list(AutoFieldsReplica.objects.order_by('pk').values_list(*AUTO_FIELDS))
@@ -731,7 +709,7 @@ def test_load_mapped_replica(offline, tmp_path):
     path = tmp_path / 'filtered.dump'
     dump_to(path, 'filtered')
 
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
 
     assert list(
         MappedReplica.objects.order_by('pk').values_list(
@@ -757,7 +735,7 @@ def test_load_custom_serialization_row_by_row(offline, tmp_path):
     path = tmp_path / 'author.dump'
     dump_to(path, 'author')
 
-    run('cqrs_bulk_load', '-i', str(path), '-b', '3')
+    run_command('cqrs_bulk_load', '-i', str(path), '-b', '3')
 
     assert list(
         AuthorReplica.objects.order_by('pk').values_list(
@@ -778,10 +756,10 @@ def test_load_clear_flag_removes_rows_not_in_dump(offline, tmp_path):
     make_simplest(3)
     path = tmp_path / 'simplest.dump'
     dump_to(path, 'simplest')
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
     SimplestReplica.objects.create(id=999, name='orphan', cqrs_revision=0, cqrs_updated=NOW)
 
-    run('cqrs_bulk_load', '-c', '-i', str(path))
+    run_command('cqrs_bulk_load', '-c', '-i', str(path))
 
     assert simplest_replica_rows() == simplest_master_rows()
 
@@ -804,7 +782,7 @@ def test_item_23_load_clear_with_or_without_a_value(offline, tmp_path, args):
     dump_to(path, 'simplest')
     SimplestReplica.objects.create(id=50, name='orphan', cqrs_revision=3, cqrs_updated=NOW)
 
-    run('cqrs_bulk_load', *[str(path) if a == 'PATH' else a for a in args])
+    run_command('cqrs_bulk_load', *[str(path) if a == 'PATH' else a for a in args])
 
     assert simplest_replica_rows() == simplest_master_rows()
 
@@ -815,7 +793,7 @@ def test_load_without_clear_keeps_other_rows(offline, tmp_path):
     dump_to(path, 'simplest')
     SimplestReplica.objects.create(id=50, name='kept', cqrs_revision=3, cqrs_updated=NOW)
 
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
 
     assert SimplestReplica.objects.filter(id=50, name='kept').exists()
     assert SimplestReplica.objects.count() == 3
@@ -826,7 +804,7 @@ def test_load_header_only_with_clear_empties_the_table(offline, tmp_path):
     dump_to(path, 'simplest')  # empty master table
     SimplestReplica.objects.create(id=7, name='gone', cqrs_revision=0, cqrs_updated=NOW)
 
-    run('cqrs_bulk_load', '-c', '-i', str(path))
+    run_command('cqrs_bulk_load', '-c', '-i', str(path))
 
     assert SimplestReplica.objects.count() == 0
 
@@ -835,11 +813,11 @@ def test_load_never_downgrades_a_newer_replica_row(offline, tmp_path):
     make_simplest(3, bump={2: 1})
     path = tmp_path / 'simplest.dump'
     dump_to(path, 'simplest')
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
     SimplestReplica.objects.filter(id=2).update(cqrs_revision=7, name='newer on replica')
     before = SimplestReplica.objects.get(id=2)
 
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
 
     after = SimplestReplica.objects.get(id=2)
     assert (after.name, after.cqrs_revision, after.cqrs_updated) == (
@@ -855,10 +833,10 @@ def test_load_never_downgrades_on_the_row_by_row_path(offline, tmp_path):
     Author.objects.create(id=2, name='a2')
     path = tmp_path / 'author.dump'
     dump_to(path, 'author')
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
     AuthorReplica.objects.filter(id=1).update(cqrs_revision=4, name='newer', publisher=None)
 
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
 
     assert list(
         AuthorReplica.objects.order_by('pk').values_list(
@@ -871,10 +849,10 @@ def test_load_upgrades_an_older_replica_row(offline, tmp_path):
     make_simplest(3, bump={1: 4})
     path = tmp_path / 'simplest.dump'
     dump_to(path, 'simplest')
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
     SimplestReplica.objects.filter(id=1).update(cqrs_revision=1, name='stale')
 
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
 
     assert simplest_replica_rows() == simplest_master_rows()
 
@@ -894,7 +872,7 @@ def test_load_reports_bad_lines_and_loads_the_rest(offline, tmp_path, batch):
         simplest_line(8, 'eight'),  # line 8
     )
 
-    _, err = run('cqrs_bulk_load', '-i', str(path), *(('-b', batch) if batch else ()))
+    _, err = run_command('cqrs_bulk_load', '-i', str(path), *(('-b', batch) if batch else ()))
 
     assert sorted(SimplestReplica.objects.values_list('id', 'name', 'cqrs_revision')) == [
         (1, 'one', 0),
@@ -908,7 +886,7 @@ def test_load_reports_bad_lines_and_loads_the_rest(offline, tmp_path, batch):
 def test_load_bad_lines_from_stdin_are_reported(offline):
     text = '\n'.join(['simplest', simplest_line(1, 'one'), '{oops', simplest_line(2, 'two')])
 
-    _, err = run('cqrs_bulk_load', '-i', '-', stdin=text + '\n')
+    _, err = run_command('cqrs_bulk_load', '-i', '-', stdin=text + '\n')
 
     assert sorted(SimplestReplica.objects.values_list('id', flat=True)) == [1, 2]
     assert {int(n) for n in re.findall(r'[Ll]ine (\d+)', err)} == {3}, err
@@ -918,7 +896,7 @@ def test_item_23_load_blank_lines_are_unparseable_lines(offline, tmp_path):
     path = tmp_path / 'blank.dump'
     write_dump(path, 'simplest', simplest_line(1, 'one'), '', '   ', simplest_line(2, 'two'))
 
-    _, err = run('cqrs_bulk_load', '-i', str(path))
+    _, err = run_command('cqrs_bulk_load', '-i', str(path))
 
     assert SimplestReplica.objects.count() == 2
     assert err == (
@@ -995,7 +973,7 @@ def test_load_batches_are_separate_transactions(offline, tmp_path, monkeypatch):
     dump_to(path, 'simplest')
     counter = CommitCounter(monkeypatch)
 
-    run('cqrs_bulk_load', '-i', str(path), '-b', '2')
+    run_command('cqrs_bulk_load', '-i', str(path), '-b', '2')
 
     assert counter.count == 3
     assert simplest_replica_rows() == simplest_master_rows()
@@ -1007,7 +985,7 @@ def test_load_default_batch_is_one_transaction(offline, tmp_path, monkeypatch):
     dump_to(path, 'simplest')
     counter = CommitCounter(monkeypatch)
 
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
 
     assert counter.count == 1
     assert simplest_replica_rows() == simplest_master_rows()
@@ -1018,7 +996,7 @@ def test_load_progress_bar_only_on_a_terminal(offline, tmp_path, monkeypatch):
     path = tmp_path / 'simplest.dump'
     dump_to(path, 'simplest')
 
-    out, err = run('cqrs_bulk_load', '-i', str(path), '-p', '-b', '2')
+    out, err = run_command('cqrs_bulk_load', '-i', str(path), '-p', '-b', '2')
 
     assert out == ''
     assert err == 'Done!\n5 instance(s) loaded.\n'
@@ -1038,7 +1016,7 @@ def test_load_into_a_replica_that_is_not_a_django_model(offline, tmp_path):
     path = tmp_path / 'raw.dump'
     write_dump(path, 'raw', simplest_line(1, 'a'), simplest_line(2, 'b'))
 
-    run('cqrs_bulk_load', '-i', str(path))
+    run_command('cqrs_bulk_load', '-i', str(path))
 
     assert sorted(RawReplica.STORE) == [1, 2]
     assert RawReplica.STORE[2]['data']['name'] == 'b'
@@ -1064,7 +1042,7 @@ def test_load_batches_with_duplicate_pks_in_one_batch(offline, tmp_path):
         simplest_line(2, 'two', 0),
     )
 
-    run('cqrs_bulk_load', '-i', str(path), '-b', '10')
+    run_command('cqrs_bulk_load', '-i', str(path), '-b', '10')
 
     assert sorted(SimplestReplica.objects.values_list('id', 'name', 'cqrs_revision')) == [
         (1, 'second', 1),
@@ -1080,8 +1058,8 @@ def test_round_trip_through_a_file(offline, tmp_path, monkeypatch):
     make_simplest(12, bump={3: 1, 7: 2, 12: 9})
     monkeypatch.chdir(tmp_path)
 
-    run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-b', '5')
-    run('cqrs_bulk_load', '-i', 'simplest.dump', '-b', '5')
+    run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-b', '5')
+    run_command('cqrs_bulk_load', '-i', 'simplest.dump', '-b', '5')
 
     assert simplest_replica_rows() == simplest_master_rows()
 
@@ -1090,8 +1068,8 @@ def test_round_trip_through_stdout_and_stdin(offline):
     make_simplest(12, bump={5: 3})
     SimplestReplica.objects.create(id=500, name='orphan', cqrs_revision=0, cqrs_updated=NOW)
 
-    dumped, _ = run('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-', '-b', '4')
-    run('cqrs_bulk_load', '-i', '-', '-c', '-b', '4', stdin=dumped)
+    dumped, _ = run_command('cqrs_bulk_dump', '--cqrs-id', 'simplest', '-o', '-', '-b', '4')
+    run_command('cqrs_bulk_load', '-i', '-', '-c', '-b', '4', stdin=dumped)
 
     assert simplest_replica_rows() == simplest_master_rows()
 
@@ -1099,8 +1077,8 @@ def test_round_trip_through_stdout_and_stdin(offline):
 def test_round_trip_all_value_types_through_stdin(offline):
     make_auto_fields()
 
-    dumped, _ = run('cqrs_bulk_dump', '--cqrs-id', 'auto_fields', '-o', '-')
-    run('cqrs_bulk_load', '-i', '-', stdin=dumped)
+    dumped, _ = run_command('cqrs_bulk_dump', '--cqrs-id', 'auto_fields', '-o', '-')
+    run_command('cqrs_bulk_load', '-i', '-', stdin=dumped)
 
     assert list(AutoFieldsReplica.objects.order_by('pk').values_list(*AUTO_FIELDS)) == list(
         AutoFieldsModel.objects.order_by('pk').values_list(*AUTO_FIELDS)
@@ -1111,8 +1089,8 @@ def test_round_trip_uuid_pks(offline):
     for n in range(4):
         UUIDPkModel.objects.create(name=f'u{n}')
 
-    dumped, _ = run('cqrs_bulk_dump', '--cqrs-id', 'uuid_pk', '-o', '-', '-b', '3')
-    run('cqrs_bulk_load', '-i', '-', stdin=dumped)
+    dumped, _ = run_command('cqrs_bulk_dump', '--cqrs-id', 'uuid_pk', '-o', '-', '-b', '3')
+    run_command('cqrs_bulk_load', '-i', '-', stdin=dumped)
 
     fields = ('id', 'name', 'cqrs_revision', 'cqrs_updated')
     assert list(UUIDReplica.objects.order_by('pk').values_list(*fields)) == list(

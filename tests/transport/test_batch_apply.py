@@ -35,7 +35,8 @@ VENDORS = pytest.mark.parametrize('vendor', ['sqlite', 'postgresql'])
 REPLICA_QUEUE_BINDINGS = ('simplest', 'flaky')
 
 
-def queued(broker, names, number: int) -> None:
+def wait_queued(broker, names, number: int) -> None:
+    """Flush the publisher, then wait for ``number`` messages in the replica queue."""
     assert RabbitMQTransport.flush()
     wait_for(lambda: broker.count(names['queue']) == number, message=f'{number} queued messages')
 
@@ -62,7 +63,7 @@ def test_item_01_mixed_messages_of_the_same_pks_in_one_batch(
     messages += 10
     SimplestModel.objects.create(id=8, name='row 8 again')  # deleted, then created again
     messages += 1
-    queued(broker, names, messages)
+    wait_queued(broker, names, messages)
     # pk 3 is at revision 1 (updated by step 2): revision 0 again is stale; pk 2 was never
     # updated: its revision 0 again is a duplicate.
     broker.publish(wire_body(3), 'simplest')
@@ -99,7 +100,7 @@ def test_item_01_poison_message_fails_alone_the_batch_is_applied(
     master()
     for pk in range(1, 16):
         SimplestModel.objects.create(id=pk, name=f'row {pk}')
-    queued(broker, names, 15)
+    wait_queued(broker, names, 15)
     bad_pk = wire_body(0)
     bad_pk['instance_data']['id'] = bad_pk['instance_pk'] = 'not a number'
     broker.publish(bad_pk, 'simplest')  # raises in the lookup: retried, then dead-lettered
@@ -108,7 +109,7 @@ def test_item_01_poison_message_fails_alone_the_batch_is_applied(
     broker.publish(no_revision, 'simplest')  # not applicable: retried, then dead-lettered
     for pk in range(16, 31):
         SimplestModel.objects.create(id=pk, name=f'row {pk}')
-    queued(broker, names, 32)
+    wait_queued(broker, names, 32)
 
     replica = replica_service(vendor=vendor).start('-w', '1')
     assert_replica_equals_master(replica)
@@ -145,7 +146,7 @@ def test_item_01_custom_hook_model_in_the_same_batch_as_a_plain_one(
     for row in SimplestModel.objects.filter(id__lte=10):
         row.name = 'updated'
         row.save()
-    queued(broker, names, 43)
+    wait_queued(broker, names, 43)
 
     replica = replica_service(vendor=vendor).start('-w', '1')
     assert_replica_equals_master(replica)
@@ -175,7 +176,7 @@ def test_item_01_sigterm_mid_batch_finishes_the_batch_in_hand(
     master()
     for pk in range(1, 301):
         SimplestModel.objects.create(id=pk, name=f'row {pk}')
-    queued(broker, names, 300)
+    wait_queued(broker, names, 300)
 
     # A delay queue of 49: the worker takes at most 50 of the 300 messages at a time (its
     # prefetch).

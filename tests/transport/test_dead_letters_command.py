@@ -3,18 +3,16 @@ real RabbitMQ (the dead letters are put in the dead-letter queue by the test its
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import ujson
-from django.core.management import call_command
 from django.test import override_settings
 
 from dj_cqrs.transport import RabbitMQTransport
-from tests.harness import RABBIT, cqrs_settings_for
+from tests.harness import RABBIT, cqrs_settings_for, run_command
 
 EXPIRES = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$')
 
@@ -49,19 +47,13 @@ def put_dead_letters(broker, names: dict, *bodies: bytes) -> None:
         broker.channel.basic_publish('', names['dead_letter_queue'], body)
 
 
-def run(*args: str) -> str:
-    out = io.StringIO()
-    call_command('cqrs_dead_letters', *args, stdout=out, stderr=io.StringIO())
-    return out.getvalue()
-
-
 def test_item_26_retry_prints_each_message_and_requeues_it(replica, names):
     expired = dead_letter(1, '2020-01-01T00:00:00+00:00')
     no_expiry = dead_letter(2, None)
     put_dead_letters(replica, names, expired, no_expiry)
     before = datetime.now(tz=timezone.utc).replace(microsecond=0)
 
-    out = run('retry')
+    out = run_command('cqrs_dead_letters', 'retry')[0]
 
     after = datetime.now(tz=timezone.utc)
     lines = out.split('\n')
@@ -92,7 +84,7 @@ def test_item_26_dump_prints_each_body_and_keeps_them(replica, names):
     bodies = [dead_letter(1, None), dead_letter(2, '2030-01-01T00:00:00+00:00')]
     put_dead_letters(replica, names, *bodies)
 
-    out = run('dump')
+    out = run_command('cqrs_dead_letters', 'dump')[0]
 
     assert out == ''.join(body.decode() + '\n' for body in bodies)
     assert replica.count(names['dead_letter_queue']) == 2
@@ -101,12 +93,12 @@ def test_item_26_dump_prints_each_body_and_keeps_them(replica, names):
 def test_item_26_purge(replica, names):
     put_dead_letters(replica, names, dead_letter(1, None), dead_letter(2, None))
 
-    assert run('purge') == 'Total dead letters: 2\nPurged\n'
+    assert run_command('cqrs_dead_letters', 'purge')[0] == 'Total dead letters: 2\nPurged\n'
     assert replica.count(names['dead_letter_queue']) == 0
 
 
 def test_item_26_empty_queue(replica, names):
-    assert run('purge') == 'Total dead letters: 0\n'
-    assert run('retry') == 'Total dead letters: 0\n'
-    assert run('dump') == ''
+    assert run_command('cqrs_dead_letters', 'purge')[0] == 'Total dead letters: 0\n'
+    assert run_command('cqrs_dead_letters', 'retry')[0] == 'Total dead letters: 0\n'
+    assert run_command('cqrs_dead_letters', 'dump')[0] == ''
     assert replica.count(names['queue']) == 0

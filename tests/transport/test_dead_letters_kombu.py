@@ -7,14 +7,12 @@ them; the command prints exactly what it prints for ``RabbitMQTransport``.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import ujson
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
@@ -25,18 +23,13 @@ from tests.harness import (
     cqrs_settings_for,
     dead_letters,
     queue_depth,
+    run_command,
     settle_publisher,
     wait_for,
 )
 
 EXPIRES = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$')
 DEAD = 3
-
-
-def run(*args: str) -> str:
-    out = io.StringIO()
-    call_command('cqrs_dead_letters', *args, stdout=out, stderr=io.StringIO())
-    return out.getvalue()
 
 
 def counter(url: str, amqp_url: str, queue: str):
@@ -75,16 +68,16 @@ def test_item_06_dead_letters_dump_retry_purge_on_kombu(
 
     with override_settings(CQRS=cqrs_settings_for(KOMBU, kombu_url, names)):
         # dump: each body on a line, as published; the dead letters stay, in their order.
-        dumped = run('dump')
+        dumped = run_command('cqrs_dead_letters', 'dump')[0]
         assert dumped == ''.join(ujson.dumps(body) + '\n' for body in bodies)
         assert '"doomed \\u00fc\\/1"' in dumped
-        assert run('dump') == dumped
+        assert run_command('cqrs_dead_letters', 'dump')[0] == dumped
         assert dead_count() == DEAD
         assert dead_letter_bodies(kombu_url, amqp_url, names) == bodies
 
         # retry: back to the replica queue with retries = 0 and a fresh expiry.
         before = datetime.now(tz=timezone.utc).replace(microsecond=0)
-        retried = run('retry')
+        retried = run_command('cqrs_dead_letters', 'retry')[0]
         after = datetime.now(tz=timezone.utc)
         lines = retried.split('\n')
         assert lines[0] == f'Total dead letters: {DEAD}'
@@ -108,11 +101,12 @@ def test_item_06_dead_letters_dump_retry_purge_on_kombu(
     assert replica.log().count('is added to dead letter queue') == 2 * DEAD
 
     with override_settings(CQRS=cqrs_settings_for(KOMBU, kombu_url, names)):
-        assert run('purge') == f'Total dead letters: {DEAD}\nPurged\n'
+        purged, _ = run_command('cqrs_dead_letters', 'purge')
+        assert purged == f'Total dead letters: {DEAD}\nPurged\n'
         assert dead_count() == 0
-        assert run('purge') == 'Total dead letters: 0\n'
-        assert run('retry') == 'Total dead letters: 0\n'
-        assert run('dump') == ''
+        assert run_command('cqrs_dead_letters', 'purge')[0] == 'Total dead letters: 0\n'
+        assert run_command('cqrs_dead_letters', 'retry')[0] == 'Total dead letters: 0\n'
+        assert run_command('cqrs_dead_letters', 'dump')[0] == ''
 
 
 def test_item_06_kombu_output_is_the_rabbitmq_output(amqp_url, names, broker):
@@ -126,13 +120,13 @@ def test_item_06_kombu_output_is_the_rabbitmq_output(amqp_url, names, broker):
     outputs = {}
     for transport in (RABBIT, KOMBU, RABBIT):
         with override_settings(CQRS=cqrs_settings_for(transport, amqp_url, names)):
-            run('dump')  # declares the topology
+            run_command('cqrs_dead_letters', 'dump')  # declares the topology
             for body in bodies:
                 broker.channel.basic_publish('', names['dead_letter_queue'], body.encode())
             settle_publisher()
-            dump = run('dump')
-            retry = run('retry')
-            purge = run('purge')
+            dump = run_command('cqrs_dead_letters', 'dump')[0]
+            retry = run_command('cqrs_dead_letters', 'retry')[0]
+            purge = run_command('cqrs_dead_letters', 'purge')[0]
             outputs.setdefault(transport, []).append((dump, retry, purge))
     assert outputs[KOMBU][0] == outputs[RABBIT][0] == outputs[RABBIT][1]
     dump, retry, purge = outputs[KOMBU][0]
@@ -145,7 +139,7 @@ def test_item_06_kombu_output_is_the_rabbitmq_output(amqp_url, names, broker):
 def test_item_06_other_transports_keep_the_original_error(transport, names):
     settings = cqrs_settings_for(transport, 'amqp://unused', names)
     with override_settings(CQRS=settings), pytest.raises(CommandError) as error:
-        run('dump')
+        run_command('cqrs_dead_letters', 'dump')
     assert str(error.value) == 'Dead letters commands available only for RabbitMQTransport.'
 
 
@@ -154,4 +148,4 @@ def test_item_06_unreachable_kombu_broker_is_a_command_error(names):
     expected = r'^Cannot connect to redis://:\*\*@127\.0\.0\.1:1/0: \w+\.$'
     settings = cqrs_settings_for(KOMBU, url, names)
     with override_settings(CQRS=settings), pytest.raises(CommandError, match=expected):
-        run('purge')
+        run_command('cqrs_dead_letters', 'purge')

@@ -8,13 +8,11 @@ tests stop and start again; the shared broker is never stopped.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import threading
 
 import pytest
 import ujson
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
@@ -32,6 +30,7 @@ from tests.harness import (
     master_rows,
     outbox_on,
     private_node_broker,  # noqa: F401 (the ``broker`` fixture)
+    run_command,
     settle_publisher,
     wait_for,
 )
@@ -229,13 +228,6 @@ def test_item_01_unconfirmed_messages_are_published_again_on_the_next_node(
     assert len(resent) >= 19
 
 
-def dead_letters_command(*args: str) -> tuple[str, str]:
-    """``cqrs_dead_letters *args``: (stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    call_command('cqrs_dead_letters', *args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
-
-
 def _dead_letter(pk: int) -> dict:
     return {
         'signal_type': 'SAVE', 'cqrs_id': 'simplest', 'instance_data': {'id': pk},
@@ -255,13 +247,13 @@ def test_item_01_dead_letters_command_skips_a_dead_first_node(
     bodies = [ujson.dumps(_dead_letter(pk)) for pk in (1, 2)] + ['not json']
     dead_letter_queue = names['dead_letter_queue']
     with override_settings(CQRS=cqrs_settings_for(transport, f'{dead_url};{amqp_url}', names)):
-        assert dead_letters_command('purge') == ('Total dead letters: 0\n', '')
+        assert run_command('cqrs_dead_letters', 'purge') == ('Total dead letters: 0\n', '')
         for body in bodies:
             shared.channel.basic_publish('', dead_letter_queue, body.encode())
 
         dumped = ''.join(f'{body}\n' for body in bodies)
-        assert dead_letters_command('dump') == (dumped, '')
-        retry, errors = dead_letters_command('retry')
+        assert run_command('cqrs_dead_letters', 'dump') == (dumped, '')
+        retry, errors = run_command('cqrs_dead_letters', 'retry')
         assert retry == (
             'Total dead letters: 3\n'
             f'Retrying: 1/3\n{ujson.dumps({**_dead_letter(1), "retries": 0})}\n'
@@ -269,8 +261,8 @@ def test_item_01_dead_letters_command_skips_a_dead_first_node(
             'Retrying: 3/3\n'
         )
         assert errors.startswith('Skipping a dead letter that is not a CQRS message: ')
-        assert dead_letters_command('purge') == ('Total dead letters: 1\nPurged\n', '')
-        assert dead_letters_command('dump') == ('', '')
+        assert run_command('cqrs_dead_letters', 'purge') == ('Total dead letters: 1\nPurged\n', '')
+        assert run_command('cqrs_dead_letters', 'dump') == ('', '')
 
     retried = shared.take(names['queue'], 2)
     assert [(key, body['instance_pk'], body['retries']) for key, _, body in retried] == [
@@ -290,7 +282,7 @@ def test_item_01_dead_letters_command_names_every_dead_node(transport, names):
         override_settings(CQRS=cqrs_settings_for(transport, ';'.join(urls), names)),
         pytest.raises(CommandError) as error,
     ):
-        dead_letters_command('dump')
+        run_command('cqrs_dead_letters', 'dump')
     if transport == RABBIT:
         expected = (
             f'Cannot connect to RabbitMQ at 127.0.0.1:{first}//, 127.0.0.1:{second}//: '

@@ -11,10 +11,9 @@ from django.core.management import call_command
 from django.db import transaction
 
 from dj_cqrs import outbox
-from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import SimplestModel
-from tests.harness import override_cqrs, wait_for
+from tests.harness import outbox_rows_left, override_cqrs, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,18 +23,13 @@ REPLICA_QUEUE_BINDINGS = ('simplest',)
 
 
 @pytest.fixture
-def queued(broker, names):
+def queue_count(broker, names):
     """The message count of the replica queue (bound to ``simplest``)."""
     return lambda: broker.count(names['queue'])
 
 
-def rows() -> int:
-    outbox.flush_published()
-    return CQRSOutboxMessage.objects.count()
-
-
 @pytest.mark.parametrize('confirms', [True, False])
-def test_item_01_rabbitmq_confirms_delete_the_outbox_rows(master, queued, confirms):
+def test_item_01_rabbitmq_confirms_delete_the_outbox_rows(master, queue_count, confirms):
     master()
     outbox.flush_published()
     with override_cqrs(master={'outbox': True}, publisher_confirms=confirms):
@@ -47,23 +41,23 @@ def test_item_01_rabbitmq_confirms_delete_the_outbox_rows(master, queued, confir
         SimplestModel.objects.get(id=1).delete()
 
         assert RabbitMQTransport.flush()
-        assert rows() == 0
+        assert outbox_rows_left() == []
     # Without publisher confirms nothing tells when the broker has routed the last message.
-    wait_for(lambda: queued() >= 101, message='101 messages in the replica queue')
-    assert queued() == 101
+    wait_for(lambda: queue_count() >= 101, message='101 messages in the replica queue')
+    assert queue_count() == 101
 
 
-def test_item_01_rabbitmq_failures_keep_the_rows_for_the_relay(master, queued):
+def test_item_01_rabbitmq_failures_keep_the_rows_for_the_relay(master, queue_count):
     master()
     outbox.flush_published()
     with override_cqrs(master={'outbox': True}, url='amqp://guest:guest@127.0.0.1:1/%2F'):
         for pk in range(1, 4):
             SimplestModel.objects.create(id=pk, name=str(pk))
-        assert rows() == 3
+        assert len(outbox_rows_left()) == 3
 
     with override_cqrs(master={'outbox': True}):
         err = io.StringIO()
         call_command('cqrs_relay', '--once', '--min-age', '0', '--database', 'default', stderr=err)
         assert 'Relayed 3 ' in err.getvalue()
-        assert rows() == 0
-    assert queued() == 3
+        assert outbox_rows_left() == []
+    assert queue_count() == 3

@@ -36,6 +36,7 @@ from tests.harness import (
     queue_depth,
     replica_names,
     reset_publisher,
+    run_command,
     wait_equal,
     wait_for,
 )
@@ -46,13 +47,6 @@ from tests.harness import (
 RELAYED = re.compile(r'^Relayed (\d+) outbox messages\.$', re.MULTILINE)
 SAVES = 300
 IN_FLIGHT = 50
-
-
-def relay_once_default_min_age() -> tuple[str, str]:
-    """``cqrs_relay --once`` in this process, default ``--min-age``; its (stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    call_command('cqrs_relay', '--once', '--database', 'default', stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
 
 
 def make_fresh() -> None:
@@ -103,7 +97,7 @@ def test_item_05_relay_once_right_after_an_outage_drains_every_failed_save(
         make_fresh()
         # The operator's relay is a process of its own: no memory of the broker being down.
         reset_publisher()
-        out, err = relay_once_default_min_age()
+        out, err = run_command('cqrs_relay', '--once', '--database', 'default')  # default --min-age
 
         assert out == ''
         assert RELAYED.findall(err) == [str(kept)], err
@@ -113,7 +107,7 @@ def test_item_05_relay_once_right_after_an_outage_drains_every_failed_save(
         # published it yet (no failure recorded) is left alone until --min-age has passed.
         SimplestModel.objects.bulk_create([SimplestModel(id=0, name='in flight')])
         outbox.record('default', 'simplest', 0, SignalType.SAVE)
-        out, err = relay_once_default_min_age()
+        out, err = run_command('cqrs_relay', '--once', '--database', 'default')  # default --min-age
         assert RELAYED.findall(err) == ['0'], err
         assert list(CQRSOutboxMessage.objects.values_list('instance_pk', flat=True)) == ['0']
         call_command(
@@ -187,7 +181,7 @@ def test_item_05_a_nacked_publish_makes_its_row_due_at_once(master, names, broke
         replica.start('-w', '1')
         wait_for(lambda: replica.count() >= LIMIT, message='the accepted messages applied')
         make_fresh()
-        out, err = relay_once_default_min_age()
+        out, err = run_command('cqrs_relay', '--once', '--database', 'default')  # default --min-age
         assert RELAYED.findall(err) == [str(15 - LIMIT)], err
         assert CQRSOutboxMessage.objects.count() == 0
 

@@ -31,10 +31,6 @@ from tests.harness import (
 READY, DEAD = 5, 2
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    return call_exiting('cqrs_status', *args)
-
-
 def fill_rabbitmq(url: str, names: dict) -> None:
     """READY messages for the replica queue and DEAD dead letters, through pika."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -101,19 +97,20 @@ def test_item_01_rabbitmq_exact_figures_and_thresholds(master, amqp_url, names, 
         ]
         assert found.dead_letters == DEAD
 
-        assert run('--max-ready', str(READY - 1), '--max-dead-letters', str(DEAD))[0] == 0
-        code, _out, err = run('--max-ready', str(READY - 2))
+        limits = ('--max-ready', str(READY - 1), '--max-dead-letters', str(DEAD))
+        assert call_exiting('cqrs_status', *limits)[0] == 0
+        code, _out, err = call_exiting('cqrs_status', '--max-ready', str(READY - 2))
         assert (code, err) == (
             1,
             f'CQRS status: {READY - 1} ready message(s) in {names["queue"]}, '
             f'over --max-ready {READY - 2}\n',
         )
-        code, _out, err = run('--max-dead-letters', str(DEAD - 1))
+        code, _out, err = call_exiting('cqrs_status', '--max-dead-letters', str(DEAD - 1))
         assert (code, err) == (
             1,
             f'CQRS status: {DEAD} dead letter(s), over --max-dead-letters {DEAD - 1}\n',
         )
-        code, out, _err = run('--json')
+        code, out, _err = call_exiting('cqrs_status', '--json')
         assert json.loads(out)['queues'][0] == {
             'name': names['queue'],
             'ready': READY - 1,
@@ -130,7 +127,7 @@ def test_item_01_rabbitmq_without_the_management_api_unacked_is_unknown(master, 
     fill_rabbitmq(amqp_url, names)
     with override_settings(CQRS={**settings, 'management_url': 'http://127.0.0.1:1'}):
         found = status.collect('replica')
-        code, out, _err = run()
+        code, out, _err = call_exiting('cqrs_status')
 
     assert found.queues[0] == status.QueueStatus(names['queue'], READY, None, 0)
     assert code == 0
@@ -152,10 +149,11 @@ def test_item_01_redis_ready_and_dead_letters_exact_the_rest_unknown(master, red
             status.QueueStatus(names['dead_letter_queue'], DEAD, None, None),
         ]
         assert found.dead_letters == DEAD
-        assert run('--max-ready', str(READY), '--max-dead-letters', str(DEAD))[0] == 0
-        assert run('--max-ready', str(READY - 1))[0] == 1
-        assert run('--max-dead-letters', '0')[0] == 1
-        code, out, _err = run('--json')
+        limits = ('--max-ready', str(READY), '--max-dead-letters', str(DEAD))
+        assert call_exiting('cqrs_status', *limits)[0] == 0
+        assert call_exiting('cqrs_status', '--max-ready', str(READY - 1))[0] == 1
+        assert call_exiting('cqrs_status', '--max-dead-letters', '0')[0] == 1
+        code, out, _err = call_exiting('cqrs_status', '--json')
         assert json.loads(out)['queues'][1] == {
             'name': names['dead_letter_queue'],
             'ready': DEAD,
