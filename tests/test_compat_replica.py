@@ -20,7 +20,7 @@ from dj_cqrs.controller.consumer import consume, route_signal_to_replica_model
 from dj_cqrs.delay import DelayMessage, DelayQueue
 from dj_cqrs.logger import LastQueryCapturer, install_last_query_capturer
 from dj_cqrs.registries import ReplicaRegistry
-from dj_cqrs.transport._consuming import Delivery, Worker, parse_body
+from dj_cqrs.transport._consuming import Delivery, parse_body
 from dj_cqrs.transport._lifecycle import replica_bindings
 from dj_cqrs.transport.loopback import LoopbackTransport
 from dj_cqrs.transport.mixins import LoggingMixin
@@ -38,19 +38,11 @@ from tests.dj_replica.models import (
 )
 from tests.harness import PAYLOAD_UPDATED as UPDATED
 from tests.harness import instance_data as data
-from tests.harness import override_cqrs, payload
+from tests.harness import logged, override_cqrs, payload, recording_worker
 
 
 def route(signal_type, cqrs_id, instance_data, **kwargs):
     return route_signal_to_replica_model(signal_type, cqrs_id, instance_data, **kwargs)
-
-
-def messages(caplog, level=None):
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == 'django-cqrs' and (level is None or r.levelname == level)
-    ]
 
 
 def hooks(recorded, name):
@@ -240,7 +232,7 @@ def test_item_17_database_error_is_logged_and_returns_none(cqrs_logs):
 
     assert result is None
     assert not DBErrorReplica.objects.exists(), 'the failed message wrote nothing'
-    assert messages(cqrs_logs, 'ERROR')[-1] == (
+    assert logged(cqrs_logs, 'ERROR')[-1] == (
         'forced database error, attempt 1\nCQRS SAVE error: pk = 1, cqrs_revision = 0 (db_error).'
     )
     # The retry (the transport's) applies it.
@@ -267,22 +259,10 @@ def test_item_17_other_exceptions_propagate(monkeypatch):
         route(SignalType.SAVE, 'simplest', data(1, name='a'))
 
 
-class _Transport(LoggingMixin):
-    pass
-
-
 @pytest.mark.django_db
 def test_item_17_worker_retries_on_a_none_result_then_dead_letters(cqrs_logs):
     """The worker's side of item 17 (the broker round trip is in tests/transport)."""
-    acked, published = [], []
-    worker = Worker(
-        _Transport,
-        'replica',
-        ack=acked.append,
-        reject=pytest.fail,
-        publish=lambda key, body, expiration: published.append(key),
-        delay_queue_max_size=10,
-    )
+    worker, calls = recording_worker(delay_queue_max_size=10)
     body = payload(
         SignalType.SAVE, 'db_error', data(1, name='a', fail_times=99), retries=4
     ).to_dict()
@@ -297,10 +277,11 @@ def test_item_17_worker_retries_on_a_none_result_then_dead_letters(cqrs_logs):
 
     body['retries'] = 5  # CQRS_MAX_RETRIES of the test settings: no retry left
     worker.handle_batch([Delivery(ujson_dumps(body), 'db_error', 'tag-2')])
-    assert published == ['cqrs.dead_letter_replica.db_error']
-    assert acked == ['tag-2']
+    assert calls.published == ['cqrs.dead_letter_replica.db_error']
+    assert calls.acked == ['tag-2']
+    assert calls.rejected == []
     assert 'CQRS is added to dead letter queue: pk = 1 (db_error), correlation_id = None.' in (
-        messages(cqrs_logs)
+        logged(cqrs_logs)
     )
 
 
@@ -322,7 +303,7 @@ def test_item_28_routing_and_data_check_lines(cqrs_logs):
     route(SignalType.DELETE, 'simplest', {'cqrs_revision': 0, 'cqrs_updated': UPDATED})
     route(SignalType.SAVE, 'filtered', data(1))
 
-    assert messages(cqrs_logs, 'ERROR') == [
+    assert logged(cqrs_logs, 'ERROR') == [
         'Bad signal type "UPSERT" for CQRS_ID "simplest".',
         'No model with such CQRS_ID: nope.',
         'CQRS sync fields are not provided in data (simplest).',
@@ -335,10 +316,10 @@ def test_item_28_routing_and_data_check_lines(cqrs_logs):
 @pytest.mark.django_db
 def test_item_28_create_and_update_error_lines(cqrs_logs):
     route(SignalType.SAVE, 'tracked_parent', data(1, name=None))
-    create_error = messages(cqrs_logs, 'ERROR')[-1]
+    create_error = logged(cqrs_logs, 'ERROR')[-1]
     assert route(SignalType.SAVE, 'tracked_parent', data(1, name='a'))
     route(SignalType.SAVE, 'tracked_parent', data(1, 1, name=None))
-    update_error = messages(cqrs_logs, 'ERROR')[-1]
+    update_error = logged(cqrs_logs, 'ERROR')[-1]
 
     error, line = create_error.rsplit('\n', 1)
     assert 'NOT NULL' in error.upper() or 'null value' in error
@@ -353,7 +334,7 @@ def test_item_28_lost_packages_line_has_no_final_period(cqrs_logs):
     assert route(SignalType.SAVE, 'simplest', data(1, 0, name='a'))
     assert route(SignalType.SAVE, 'simplest', data(1, 3, name='b'))
 
-    assert messages(cqrs_logs, 'WARNING')[-1] == (
+    assert logged(cqrs_logs, 'WARNING')[-1] == (
         'Lost or filtered out 2 CQRS packages: pk = 1, cqrs_revision = 3 (simplest)'
     )
 
@@ -424,7 +405,7 @@ def _payload():
 def test_item_28_transport_lines(cqrs_logs, method, args, level, line):
     getattr(LoggingMixin, method)(_payload(), *args)
 
-    assert messages(cqrs_logs) == [line]
+    assert logged(cqrs_logs) == [line]
     assert cqrs_logs.records[-1].levelname == level
 
 

@@ -6,9 +6,7 @@ In process, on the test database (SQLite, or PostgreSQL with ``--ds=tests.settin
 
 from __future__ import annotations
 
-import io
 import logging
-import sys
 import threading
 import uuid
 from datetime import datetime, timedelta
@@ -16,7 +14,6 @@ from datetime import timezone as dt_timezone
 
 import pytest
 import ujson
-from django.core.management import call_command
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -37,7 +34,7 @@ from tests.dj_replica.models import (
     TrackedReplica,
     UUIDReplica,
 )
-from tests.harness import instance_data, payload
+from tests.harness import instance_data, payload, run_command
 
 T0 = '2024-05-01 10:00:00.000000+00:00'  # the row's saves
 T1 = '2024-05-01 10:00:05.000000+00:00'  # its deletion on the master
@@ -362,14 +359,6 @@ def test_item_04_purge_failure_is_logged_not_raised(monkeypatch, caplog):
 # --- commands ----------------------------------------------------------------------------------
 
 
-def run_command(name, *args, stdin=None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr(sys, 'stdin', io.StringIO(stdin))
-    out, err = io.StringIO(), io.StringIO()
-    call_command(name, *args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
-
-
 @pytest.mark.django_db
 def test_item_04_bulk_load_skips_rows_deleted_after_the_dump(tmp_path, monkeypatch, caplog):
     apply(save(1, 0), delete(1, 1), delete(2, 1, T0))  # 1 deleted after the dump, 2 before
@@ -397,9 +386,7 @@ def test_item_04_deleted_sync_replica_leaves_tombstones(monkeypatch):
     )
     header = started.isoformat(sep=' ')
 
-    out, err = run_command(
-        'cqrs_deleted_sync_replica', stdin=f'simplest,{header}\n[1]\n', monkeypatch=monkeypatch
-    )
+    out, err = run_command('cqrs_deleted_sync_replica', stdin=f'simplest,{header}\n[1]\n')
 
     assert (out, err) == ('', '')
     assert graves() == [('simplest', '1', 5, str(started))]
@@ -417,9 +404,7 @@ def test_item_04_sync_of_cqrs_diff_sync_for_a_row_deleted_meanwhile_is_dropped(m
     assert list(names()) == [1]
     held = []
     monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(held.append))
-    run_command(
-        'cqrs_diff_sync', stdin=f'simplest,{timezone.now()},replica\n[1]\n', monkeypatch=monkeypatch
-    )
+    run_command('cqrs_diff_sync', stdin=f'simplest,{timezone.now()},replica\n[1]\n')
     assert [p.signal_type for p in held] == [SignalType.SYNC]
     monkeypatch.undo()
 
