@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 
 import pytest
 
 from integration_tests.conftest import books, seed_demo, wait_books_equal
-from tests.harness import TIMEOUT, bodies_before_marker, wait_for
+from tests.harness import TIMEOUT, bodies_before_marker, free_port, wait_for
 
 CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'
@@ -84,12 +83,6 @@ def open_browser(tmp_path):
     yield start
     for driver in drivers:
         driver.quit()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def start_runserver(master) -> str:

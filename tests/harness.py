@@ -12,10 +12,12 @@ import io
 import itertools
 import json
 import os
+import random
 import re
 import shlex
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -259,6 +261,27 @@ def assert_succeeded(result: subprocess.CompletedProcess, what: str) -> None:
         )
 
 
+def free_port() -> int:
+    """A free port below the ephemeral range.
+
+    An ephemeral port could be taken, while the node is stopped, by a client socket connecting
+    to it: on Linux a TCP connection to 127.0.0.1:P from local port P connects to itself.
+    """
+    try:
+        low = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(20000, max(20001, low - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(('127.0.0.1', port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError('no free port below the ephemeral range')
+
+
 def handles_signal(pid: int, signum: int) -> bool:
     """Whether process ``pid`` has installed a handler for ``signum`` (``SigCgt`` in /proc)."""
     try:
@@ -331,6 +354,19 @@ def cqrs_settings_for(transport, url, names, ssl_options=None, **replica):
     if ssl_options is not None:
         settings['ssl_options'] = ssl_options
     return settings
+
+
+def settings_error(cqrs: dict) -> str:
+    """The message of the ``ImproperlyConfigured`` that ``validate_settings`` raises for
+    ``settings.CQRS = cqrs`` (the test fails if it raises nothing)."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from dj_cqrs.apps import validate_settings
+
+    with override_settings(CQRS=cqrs), pytest.raises(ImproperlyConfigured) as excinfo:
+        validate_settings()
+    return str(excinfo.value)
 
 
 def settle_publisher(timeout: float = 10) -> None:

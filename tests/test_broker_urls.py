@@ -9,7 +9,6 @@ import logging
 
 import pika
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from dj_cqrs.apps import validate_settings
@@ -29,6 +28,7 @@ from dj_cqrs.transport.rabbit_mq import (
     broker_locations,
     connection_parameters,
 )
+from tests.harness import settings_error
 
 RABBIT = 'dj_cqrs.transport.RabbitMQTransport'
 URL_A = 'amqp://alice:pw-a@node-a:5671/%2F'
@@ -38,12 +38,6 @@ URL_B = 'amqp://bob:pw-b@node-b:5672/vh'
 def _cqrs(**values):
     replica = values.pop('replica', {})
     return {'transport': RABBIT, 'queue': 'replica', 'replica': replica, **values}
-
-
-def _validate_error(cqrs):
-    with override_settings(CQRS=cqrs), pytest.raises(ImproperlyConfigured) as excinfo:
-        validate_settings()
-    return str(excinfo.value)
 
 
 # --- item 1: URL parsing ----------------------------------------------------------------------
@@ -110,7 +104,7 @@ def test_item_01_tls_is_chosen_per_url():
     ],
 )
 def test_item_01_bad_url_lists_are_rejected_naming_the_key(url, expected):
-    message = _validate_error(_cqrs(url=url))
+    message = settings_error(_cqrs(url=url))
     assert expected in message
     assert 'pw-a' not in message
 
@@ -232,7 +226,7 @@ def test_item_02_quorum_queue_type_gives_the_x_queue_type_argument():
 
 @pytest.mark.parametrize('value', ['Quorum', 'stream', 'mirrored', 1, True])
 def test_item_02_other_queue_types_are_rejected_naming_the_key(value):
-    message = _validate_error(_cqrs(replica={'queue_type': value}))
+    message = settings_error(_cqrs(replica={'queue_type': value}))
     assert message == (
         f"settings.CQRS['replica']['queue_type'] must be 'classic' or 'quorum', not {value!r}."
     )

@@ -22,14 +22,13 @@ from prometheus_client import CollectorRegistry
 from dj_cqrs import metrics, outbox
 from dj_cqrs.constants import SignalType
 from dj_cqrs.controller import consumer
-from dj_cqrs.dataclasses import TransportPayload
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport._consuming import Delivery
 from dj_cqrs.transport.loopback import LoopbackTransport
 from tests import harness
 from tests.dj_master.models import SimplestModel
 from tests.dj_replica.models import DBErrorReplica, SimplestReplica
-from tests.harness import ROOT
+from tests.harness import ROOT, instance_data, payload
 
 CONSUMED = 'cqrs_consumed_messages_total'
 
@@ -49,10 +48,10 @@ def master_registry(monkeypatch):
 
 
 def body(signal_type, cqrs_id, pk, rev=0, updated=None, retries=0, expires=None, **fields):
-    data = {'id': pk, 'name': f'n{pk}', 'cqrs_revision': rev, **fields}
-    data['cqrs_updated'] = str(updated or timezone.now())
-    payload = TransportPayload(signal_type, cqrs_id, data, pk, retries=retries, expires=expires)
-    return ujson.dumps(payload.to_dict())
+    """A wire body of row ``pk`` named ``n<pk>``, updated ``updated`` (default: now)."""
+    data = instance_data(pk, rev, str(updated or timezone.now()), **{'name': f'n{pk}', **fields})
+    message = payload(signal_type, cqrs_id, data, retries=retries, expires=expires)
+    return ujson.dumps(message.to_dict())
 
 
 def consumed(registry, cqrs_id, signal_type, outcome):

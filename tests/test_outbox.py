@@ -38,7 +38,7 @@ OUTBOX_TABLE = CQRSOutboxMessage._meta.db_table
 
 
 @pytest.fixture
-def outbox_on():
+def with_outbox():
     """The outbox switched on; confirmed rows of other tests are forgotten first."""
     outbox.flush_published()
     with harness.outbox_on():
@@ -94,7 +94,7 @@ def age_rows(seconds):
 # --- writing rows -----------------------------------------------------------------------------
 
 
-def test_save_in_transaction_writes_one_row_removed_once_published(outbox_on, loopback):
+def test_save_in_transaction_writes_one_row_removed_once_published(with_outbox, loopback):
     with transaction.atomic():
         SimplestModel.objects.create(id=1, name='first')
         assert outbox_rows() == [('simplest', '1', SignalType.SAVE)]
@@ -106,7 +106,7 @@ def test_save_in_transaction_writes_one_row_removed_once_published(outbox_on, lo
     assert outbox_rows() == []
 
 
-def test_save_outside_transaction_writes_a_row_removed_once_published(outbox_on, loopback):
+def test_save_outside_transaction_writes_a_row_removed_once_published(with_outbox, loopback):
     obj = SimplestModel.objects.create(id=1, name='first')
     obj.name = 'second'
     obj.save()
@@ -116,7 +116,7 @@ def test_save_outside_transaction_writes_a_row_removed_once_published(outbox_on,
     assert outbox_rows() == []
 
 
-def test_update_in_transaction_writes_a_row(outbox_on, loopback):
+def test_update_in_transaction_writes_a_row(with_outbox, loopback):
     obj = SimplestModel.objects.create(id=1, name='first')
     outbox.flush_published()
 
@@ -130,7 +130,7 @@ def test_update_in_transaction_writes_a_row(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_rolled_back_transaction_leaves_no_row(outbox_on, loopback):
+def test_rolled_back_transaction_leaves_no_row(with_outbox, loopback):
     with pytest.raises(RuntimeError), transaction.atomic():
         SimplestModel.objects.create(id=1, name='rolled back')
         assert len(outbox_rows()) == 1
@@ -141,7 +141,7 @@ def test_rolled_back_transaction_leaves_no_row(outbox_on, loopback):
     assert replica_name_by_id() == {}
 
 
-def test_rolled_back_savepoint_drops_only_its_row(outbox_on, loopback):
+def test_rolled_back_savepoint_drops_only_its_row(with_outbox, loopback):
     with transaction.atomic():
         SimplestModel.objects.create(id=1, name='kept')
         with pytest.raises(RuntimeError), transaction.atomic():
@@ -154,7 +154,7 @@ def test_rolled_back_savepoint_drops_only_its_row(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_three_saves_of_one_instance_in_a_transaction_write_one_row(outbox_on, loopback):
+def test_three_saves_of_one_instance_in_a_transaction_write_one_row(with_outbox, loopback):
     obj = SimplestModel.objects.create(id=1, name='start')
     outbox.flush_published()
     loopback.sent.clear()
@@ -171,7 +171,7 @@ def test_three_saves_of_one_instance_in_a_transaction_write_one_row(outbox_on, l
     assert outbox_rows() == []
 
 
-def test_two_instances_in_a_transaction_write_two_rows(outbox_on, loopback):
+def test_two_instances_in_a_transaction_write_two_rows(with_outbox, loopback):
     with transaction.atomic():
         SimplestModel.objects.create(id=1, name='a')
         SimplestModel.objects.create(id=2, name='b')
@@ -180,7 +180,7 @@ def test_two_instances_in_a_transaction_write_two_rows(outbox_on, loopback):
     assert replica_name_by_id() == {1: 'a', 2: 'b'}
 
 
-def test_save_with_update_fields_writes_no_row(outbox_on, loopback):
+def test_save_with_update_fields_writes_no_row(with_outbox, loopback):
     obj = SimplestModel.objects.create(id=1, name='first')
     outbox.flush_published()
 
@@ -190,7 +190,7 @@ def test_save_with_update_fields_writes_no_row(outbox_on, loopback):
         assert outbox_rows() == []
 
 
-def test_delete_stores_the_full_payload(outbox_on, loopback):
+def test_delete_stores_the_full_payload(with_outbox, loopback):
     obj = SimplestModel.objects.create(id=1, name='doomed')
     obj.name = 'doomed again'
     obj.save()
@@ -225,7 +225,7 @@ def test_delete_stores_the_full_payload(outbox_on, loopback):
     assert sent.instance_data == data
 
 
-def test_delete_row_keeps_custom_delete_data(outbox_on, loopback):
+def test_delete_row_keeps_custom_delete_data(with_outbox, loopback):
     obj = CustomDeleteModel.objects.create(name='custom')
     assert CustomDeleteReplica.objects.filter(pk=obj.pk).exists()
     loopback.mode = 'raise'
@@ -262,7 +262,7 @@ def test_outbox_is_off_by_default(loopback):
 
 
 @pytest.mark.parametrize('failure', ['false', 'raise'])
-def test_failed_publish_keeps_the_row_and_the_relay_publishes_it(outbox_on, loopback, failure):
+def test_failed_publish_keeps_the_row_and_the_relay_publishes_it(with_outbox, loopback, failure):
     loopback.mode = failure
 
     SimplestModel.objects.create(id=1, name='pending')
@@ -283,7 +283,7 @@ def test_failed_publish_keeps_the_row_and_the_relay_publishes_it(outbox_on, loop
 
 
 def test_relay_publishes_a_change_whose_process_died_before_publishing(
-    outbox_on, loopback, monkeypatch
+    with_outbox, loopback, monkeypatch
 ):
     """Committed, but the on-commit publish never ran (the process was killed)."""
     with monkeypatch.context() as patch:
@@ -299,7 +299,7 @@ def test_relay_publishes_a_change_whose_process_died_before_publishing(
     assert outbox_rows() == []
 
 
-def test_relay_does_not_send_again_what_was_published(outbox_on, loopback):
+def test_relay_does_not_send_again_what_was_published(with_outbox, loopback):
     SimplestModel.objects.create(id=1, name='published')
     assert len(loopback.sent) == 1
 
@@ -309,7 +309,7 @@ def test_relay_does_not_send_again_what_was_published(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_relay_sends_the_current_state(outbox_on, loopback):
+def test_relay_sends_the_current_state(with_outbox, loopback):
     loopback.mode = 'false'
     SimplestModel.objects.create(id=1, name='old')
     SimplestModel.objects.filter(pk=1).update(name='new', cqrs_revision=F('cqrs_revision') + 1)
@@ -325,7 +325,7 @@ def test_relay_sends_the_current_state(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_relay_drops_a_save_row_whose_instance_was_deleted(outbox_on, loopback):
+def test_relay_drops_a_save_row_whose_instance_was_deleted(with_outbox, loopback):
     loopback.mode = 'false'
     SimplestModel.objects.create(id=1, name='gone')
     SimplestModel.objects.create(id=2, name='still here')
@@ -340,7 +340,7 @@ def test_relay_drops_a_save_row_whose_instance_was_deleted(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_relay_publishes_a_delete_after_the_dropped_save(outbox_on, loopback):
+def test_relay_publishes_a_delete_after_the_dropped_save(with_outbox, loopback):
     loopback.mode = 'false'
     obj = SimplestModel.objects.create(id=1, name='created and deleted')
     obj.delete()
@@ -354,7 +354,7 @@ def test_relay_publishes_a_delete_after_the_dropped_save(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_relay_sends_delete_with_a_fresh_expiry(outbox_on, loopback):
+def test_relay_sends_delete_with_a_fresh_expiry(with_outbox, loopback):
     obj = SimplestModel.objects.create(id=1, name='x')
     outbox.flush_published()
     loopback.mode = 'false'
@@ -372,7 +372,7 @@ def test_relay_sends_delete_with_a_fresh_expiry(outbox_on, loopback):
     assert replica_name_by_id() == {}
 
 
-def test_relay_keeps_tracked_previous_values(outbox_on, loopback, recorded):
+def test_relay_keeps_tracked_previous_values(with_outbox, loopback, recorded):
     obj = TrackedModel.objects.create(name='before')
     recorded.clear()
     loopback.mode = 'false'
@@ -389,7 +389,7 @@ def test_relay_keeps_tracked_previous_values(outbox_on, loopback, recorded):
 
 
 def test_relay_keeps_tracked_previous_values_of_every_save_in_the_transaction(
-    outbox_on, loopback, recorded
+    with_outbox, loopback, recorded
 ):
     """Two saves in one transaction change two tracked fields: the on-commit message carries
     the previous values of both; the relayed message must carry the same."""
@@ -412,7 +412,7 @@ def test_relay_keeps_tracked_previous_values_of_every_save_in_the_transaction(
     assert [r['previous_data'] for r in recorded] == [refused.previous_data]
 
 
-def test_item_05_min_age_leaves_young_rows_in_flight(outbox_on, loopback):
+def test_item_05_min_age_leaves_young_rows_in_flight(with_outbox, loopback):
     # Rows written by a process that has committed and not published yet (in flight).
     SimplestModel.objects.bulk_create([SimplestModel(id=pk, name=f'row {pk}') for pk in (1, 2)])
     outbox.record('default', 'simplest', 1, SignalType.SAVE)
@@ -433,7 +433,7 @@ def test_item_05_min_age_leaves_young_rows_in_flight(outbox_on, loopback):
 
 
 @pytest.mark.parametrize('mode', ['false', 'raise'])
-def test_item_05_failed_publish_is_due_at_once_whatever_min_age(outbox_on, loopback, mode):
+def test_item_05_failed_publish_is_due_at_once_whatever_min_age(with_outbox, loopback, mode):
     loopback.mode = mode
     SimplestModel.objects.create(id=1, name='failed')
     with transaction.atomic():
@@ -452,7 +452,7 @@ def test_item_05_failed_publish_is_due_at_once_whatever_min_age(outbox_on, loopb
     assert outbox_rows() == [('simplest', '4', 'SAVE')]
 
 
-def test_item_05_failed_rows_are_marked_in_one_update(outbox_on, loopback):
+def test_item_05_failed_rows_are_marked_in_one_update(with_outbox, loopback):
     refs = [outbox.record('default', 'simplest', pk, SignalType.SAVE) for pk in (1, 2, 3)]
     for ref in refs[:2]:
         _outbox.failed(ref)
@@ -464,7 +464,7 @@ def test_item_05_failed_rows_are_marked_in_one_update(outbox_on, loopback):
     assert CQRSOutboxMessage.objects.filter(failed_at__isnull=False).count() == 3
 
 
-def test_relay_default_min_age_leaves_a_fresh_row(outbox_on, loopback):
+def test_relay_default_min_age_leaves_a_fresh_row(with_outbox, loopback):
     SimplestModel.objects.bulk_create([SimplestModel(id=1, name='fresh')])
     outbox.record('default', 'simplest', 1, SignalType.SAVE)
 
@@ -474,7 +474,7 @@ def test_relay_default_min_age_leaves_a_fresh_row(outbox_on, loopback):
     assert replica_name_by_id() == {}
 
 
-def test_relay_failing_transport_keeps_rows_and_raises_command_error(outbox_on, loopback):
+def test_relay_failing_transport_keeps_rows_and_raises_command_error(with_outbox, loopback):
     loopback.mode = 'false'
     SimplestModel.objects.create(id=1, name='a')
     SimplestModel.objects.create(id=2, name='b')
@@ -486,7 +486,7 @@ def test_relay_failing_transport_keeps_rows_and_raises_command_error(outbox_on, 
     assert replica_name_by_id() == {}
 
 
-def test_relay_batches_oldest_first(outbox_on, loopback):
+def test_relay_batches_oldest_first(with_outbox, loopback):
     loopback.mode = 'false'
     for pk in (3, 1, 2):
         SimplestModel.objects.create(id=pk, name=f'n{pk}')
@@ -498,7 +498,7 @@ def test_relay_batches_oldest_first(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_bulk_create_writes_rows_the_relay_publishes(outbox_on, loopback):
+def test_bulk_create_writes_rows_the_relay_publishes(with_outbox, loopback):
     loopback.mode = 'false'
     SimplestModel.cqrs.bulk_create([SimplestModel(id=pk, name=f'bulk {pk}') for pk in (1, 2, 3)])
     assert len(outbox_rows()) == 3
@@ -510,7 +510,7 @@ def test_bulk_create_writes_rows_the_relay_publishes(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_relay_without_outbox_table_is_a_command_error(outbox_on):
+def test_relay_without_outbox_table_is_a_command_error(with_outbox):
     with pytest.raises(CommandError, match=OUTBOX_TABLE), transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(f'DROP TABLE {OUTBOX_TABLE}')
@@ -520,7 +520,7 @@ def test_relay_without_outbox_table_is_a_command_error(outbox_on):
     assert OUTBOX_TABLE in connection.introspection.table_names()
 
 
-def test_relay_unknown_database_is_a_command_error(outbox_on):
+def test_relay_unknown_database_is_a_command_error(with_outbox):
     with pytest.raises(CommandError, match='nope'):
         harness.relay_once('--database', 'nope')
 
@@ -534,7 +534,7 @@ def test_relay_with_outbox_off_says_so(loopback):
 # --- record / relay_batch with an explicit database alias -------------------------------------
 
 
-def test_record_and_relay_batch_with_using(outbox_on, loopback):
+def test_record_and_relay_batch_with_using(with_outbox, loopback):
     SimplestModel.objects.bulk_create([SimplestModel(id=pk, name=f'raw {pk}') for pk in (1, 2)])
     assert replica_name_by_id() == {}
 
@@ -554,7 +554,7 @@ def test_record_and_relay_batch_with_using(outbox_on, loopback):
     assert outbox_rows() == []
 
 
-def test_relay_batch_of_a_sync_row_sends_a_sync_to_its_queue(outbox_on, loopback):
+def test_relay_batch_of_a_sync_row_sends_a_sync_to_its_queue(with_outbox, loopback):
     SimplestModel.objects.bulk_create([SimplestModel(id=1, name='synced')])
 
     outbox.record('default', 'simplest', 1, SignalType.SYNC, queue='replica')
@@ -565,20 +565,20 @@ def test_relay_batch_of_a_sync_row_sends_a_sync_to_its_queue(outbox_on, loopback
     assert replica_name_by_id() == {1: 'synced'}
 
 
-def test_relay_batch_of_an_unknown_cqrs_id_is_dropped(outbox_on, loopback):
+def test_relay_batch_of_an_unknown_cqrs_id_is_dropped(with_outbox, loopback):
     outbox.record('default', 'no_such_model', 1, SignalType.SAVE)
     assert outbox.relay_batch('default', batch_size=10, min_age=0) == 1
     assert loopback.sent == []
     assert outbox_rows() == []
 
 
-def test_relay_batch_respects_min_age(outbox_on, loopback):
+def test_relay_batch_respects_min_age(with_outbox, loopback):
     outbox.record('default', 'simplest', 1, SignalType.SAVE)
     assert outbox.relay_batch('default', batch_size=10, min_age=3600) == 0
     assert len(outbox_rows()) == 1
 
 
-def test_relay_batch_failure_rolls_back_the_whole_batch(outbox_on, loopback):
+def test_relay_batch_failure_rolls_back_the_whole_batch(with_outbox, loopback):
     SimplestModel.objects.bulk_create([SimplestModel(id=pk, name=str(pk)) for pk in (1, 2)])
     outbox.record('default', 'simplest', 1, SignalType.SAVE)
     outbox.record('default', 'simplest', 2, SignalType.SAVE)
@@ -593,7 +593,7 @@ def test_relay_batch_failure_rolls_back_the_whole_batch(outbox_on, loopback):
 # --- several databases ------------------------------------------------------------------------
 
 
-def test_outbox_rows_stay_in_the_database_of_the_change(outbox_on, loopback):
+def test_outbox_rows_stay_in_the_database_of_the_change(with_outbox, loopback):
     loopback.mode = 'false'
     SimplestModel(id=7, name='elsewhere').save(using='other')
     with transaction.atomic(using='other'):
@@ -611,7 +611,7 @@ def test_outbox_rows_stay_in_the_database_of_the_change(outbox_on, loopback):
     assert CQRSOutboxMessage.objects.using('other').count() == 0
 
 
-def test_published_change_in_another_database_removes_its_row(outbox_on, loopback):
+def test_published_change_in_another_database_removes_its_row(with_outbox, loopback):
     SimplestModel(id=9, name='published').save(using='other')
     outbox.flush_published()
 

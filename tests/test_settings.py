@@ -18,7 +18,7 @@ from dj_cqrs.utils import (
     get_message_expiration_dt,
     get_messages_prefetch_count_per_worker,
 )
-from tests.harness import payload
+from tests.harness import payload, settings_error
 
 MOCK = 'dj_cqrs.transport.mock.TransportMock'
 
@@ -153,38 +153,32 @@ def test_delay_queue_max_size_alias():
 # --- validate(): errors --------------------------------------------------------------------
 
 
-def _validate_error(cqrs):
-    with override_settings(CQRS=cqrs), pytest.raises(ImproperlyConfigured) as excinfo:
-        validate_settings()
-    return str(excinfo.value)
-
-
 @pytest.mark.parametrize('value', ['not a dict', ['transport'], 5])
 def test_cqrs_not_a_dict(value):
-    message = _validate_error(value)
+    message = settings_error(value)
     assert 'CQRS' in message
     assert 'dict' in message
 
 
 def test_missing_transport():
-    message = _validate_error({'queue': 'q'})
+    message = settings_error({'queue': 'q'})
     assert "CQRS['transport']" in message
 
 
 def test_transport_not_importable():
-    message = _validate_error({'transport': 'no_such_module.Transport', 'queue': 'q'})
+    message = settings_error({'transport': 'no_such_module.Transport', 'queue': 'q'})
     assert "CQRS['transport']" in message
     assert 'no_such_module.Transport' in message
 
 
 def test_transport_not_a_base_transport_subclass():
-    message = _validate_error({'transport': 'tests.test_settings.NotATransport', 'queue': 'q'})
+    message = settings_error({'transport': 'tests.test_settings.NotATransport', 'queue': 'q'})
     assert "CQRS['transport']" in message
     assert 'BaseTransport' in message
 
 
 def test_transport_not_a_class():
-    message = _validate_error({'transport': 'tests.test_settings.NOT_CALLABLE', 'queue': 'q'})
+    message = settings_error({'transport': 'tests.test_settings.NOT_CALLABLE', 'queue': 'q'})
     assert "CQRS['transport']" in message
 
 
@@ -216,7 +210,7 @@ def test_wrong_types_name_the_key(cqrs, key):
     settings_value = {'transport': MOCK}
     settings_value.setdefault('queue', 'q')
     settings_value.update(cqrs)
-    message = _validate_error(settings_value)
+    message = settings_error(settings_value)
     assert key in message
 
 

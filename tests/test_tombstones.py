@@ -60,7 +60,7 @@ def apply(*payloads):
     return [consumer.consume(payload) for payload in payloads]
 
 
-def names(model=SimplestReplica):
+def stored_names(model=SimplestReplica):
     return dict(model._default_manager.values_list('pk', 'name'))
 
 
@@ -97,7 +97,7 @@ def test_item_04_delete_then_late_save_and_sync_stay_deleted(caplog):
 
     assert all(apply(save(1, 1), sync(1, 1), save(1, 2, T1)))
 
-    assert names() == {}
+    assert stored_names() == {}
     assert dropped(caplog) == [
         f'{DROPPED}: pk = 1, cqrs_revision = new 1 / deleted 2, cqrs_updated = new {T0} / '
         'deleted 2024-05-01 10:00:05+00:00 (simplest).',
@@ -113,18 +113,18 @@ def test_item_04_row_created_again_applies_and_clears_the_tombstone():
     apply(save(1, 0), delete(1, 1))
 
     assert apply(save(1, 0, T2))[0]
-    assert names() == {1: '1 r0 11:00:00'}
+    assert stored_names() == {1: '1 r0 11:00:00'}
     assert graves() == []
     # From then on, the revision rules alone.
     apply(save(1, 1, T2), save(1, 0, T0))
-    assert names() == {1: '1 r1 11:00:00'}
+    assert stored_names() == {1: '1 r1 11:00:00'}
 
 
 @pytest.mark.django_db
 def test_item_04_delete_before_the_create_keeps_the_row_deleted():
     # Two workers: the DELETE of a new row overtakes its creation.
     assert apply(delete(5, 1), save(5, 0)) == [True, True]
-    assert names() == {}
+    assert stored_names() == {}
 
 
 @pytest.mark.django_db
@@ -134,7 +134,7 @@ def test_item_04_a_dropped_save_calls_no_hook():
 
     assert apply(save(1, 0, cqrs_id='tracked'), sync(1, 0, cqrs_id='tracked'))
     assert RECORDED == []
-    assert names(TrackedReplica) == {}
+    assert stored_names(TrackedReplica) == {}
 
     apply(save(1, 0, T2, cqrs_id='tracked'))
     assert [r['cqrs_id'] for r in RECORDED] == ['tracked']
@@ -150,7 +150,7 @@ def test_item_04_a_late_older_delete_keeps_the_latest_tombstone():
 def test_item_04_pk_spelling_and_mapping_give_the_same_tombstone():
     pk = uuid.UUID(int=7)
     apply(delete(pk.hex, 1, cqrs_id='uuid_pk'), save(str(pk), 0, cqrs_id='uuid_pk'))
-    assert names(UUIDReplica) == {}
+    assert stored_names(UUIDReplica) == {}
     assert graves() == [('uuid_pk', str(pk), 1, '2024-05-01 10:00:05+00:00')]
 
     # CQRS_MAPPING: the DELETE names the master pk 'id', the replica pk is remote_id.
@@ -182,13 +182,13 @@ def test_item_04_the_stale_rule(new, stale):
 def test_item_04_delete_without_readable_values(caplog):
     # Neither value readable: the row is deleted, no tombstone (nothing to compare with).
     apply(save(1, 0), delete(1, 'x', 'not a date'))
-    assert names() == {} and graves() == []
+    assert stored_names() == {} and graves() == []
 
     # Only the revision: it alone decides (a row created again is kept out until the purge).
     apply(save(2, 0), delete(2, 1, 'not a date'))
     assert graves() == [('simplest', '2', 1, 'None')]
     apply(save(2, 0, T2), save(2, 2, T0))
-    assert names() == {2: '2 r2 10:00:00'}
+    assert stored_names() == {2: '2 r2 10:00:00'}
 
 
 @pytest.mark.django_db(databases=['default', 'other'])
@@ -237,7 +237,7 @@ def test_item_04_batch_reads_and_writes_tombstones_with_a_bounded_number_of_quer
         outcomes = consumer.consume_batch(mixed(n))
 
     assert all(result for result, exc in outcomes)
-    assert sorted(names()) == list(range(0, n, 2))
+    assert sorted(stored_names()) == list(range(0, n, 2))
     assert len(graves()) == n // 2 + n // 2  # the odd rows and the rows never seen
 
 
@@ -254,7 +254,7 @@ def test_item_04_batch_and_one_by_one_leave_the_same_rows_tombstones_and_logs(ca
         else:
             assert all(apply(*payloads))
         lines = [r.getMessage() for r in caplog.records if 'one by one' not in r.getMessage()]
-        states.append((names(), graves(), [line for line in lines if 'CQRS' in line]))
+        states.append((stored_names(), graves(), [line for line in lines if 'CQRS' in line]))
     assert states[0] == states[1]
     assert len(dropped(caplog)) == 6 + 3  # the late SAVEs, the SYNCs of the deleted rows
 
@@ -282,7 +282,7 @@ def test_item_04_ttl_off_behaves_as_before(settings, value):
         apply(save(1, 0), delete(1, 1), save(1, 0))
         consumer.consume_batch([save(2, 0), delete(2, 1), save(2, 0), delete(3, 1)])
 
-    assert names() == {1: '1 r0 10:00:00', 2: '2 r0 10:00:00'}  # resurrected, as before
+    assert stored_names() == {1: '1 r0 10:00:00', 2: '2 r0 10:00:00'}  # resurrected, as before
     assert not any('dj_cqrs_tombstone' in q['sql'] for q in queries.captured_queries)
     assert graves() == []
 
@@ -373,7 +373,7 @@ def test_item_04_bulk_load_skips_rows_deleted_after_the_dump(tmp_path, monkeypat
     out, err = run_command('cqrs_bulk_load', '-i', str(dump))
 
     assert (out, err) == ('', 'Done!\n3 instance(s) loaded.\n')
-    assert names() == {2: 'dumped 2', 3: 'dumped 3'}
+    assert stored_names() == {2: 'dumped 2', 3: 'dumped 3'}
     assert [t[1] for t in graves()] == ['1']  # 2's is gone with its newer row
     assert len(dropped(caplog)) == 1
 
@@ -393,15 +393,15 @@ def test_item_04_deleted_sync_replica_leaves_tombstones(monkeypatch):
     # A late SAVE of the deleted row is dropped; the row created again after the diff applies.
     late = str(started - timedelta(minutes=1))
     assert apply(save(1, 5, late))
-    assert names() == {}
+    assert stored_names() == {}
     apply(save(1, 0, str(started + timedelta(seconds=1))))
-    assert list(names()) == [1]
+    assert list(stored_names()) == [1]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_item_04_sync_of_cqrs_diff_sync_for_a_row_deleted_meanwhile_is_dropped(monkeypatch):
     SimplestModel.objects.create(id=1, name='master')
-    assert list(names()) == [1]
+    assert list(stored_names()) == [1]
     held = []
     monkeypatch.setattr(LoopbackTransport, 'produce', staticmethod(held.append))
     run_command('cqrs_diff_sync', stdin=f'simplest,{timezone.now()},replica\n[1]\n')
@@ -409,9 +409,9 @@ def test_item_04_sync_of_cqrs_diff_sync_for_a_row_deleted_meanwhile_is_dropped(m
     monkeypatch.undo()
 
     SimplestModel.objects.get(id=1).delete()  # the DELETE is applied first (another worker)
-    assert names() == {}
+    assert stored_names() == {}
     assert consumer.consume(held[0])
-    assert names() == {}
+    assert stored_names() == {}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -423,7 +423,7 @@ def test_item_04_master_delete_and_recreate_end_to_end():
     late = payload(SignalType.SAVE, 'simplest', SimplestModel.objects.get(id=7).to_cqrs_dict())
     row.delete()
     assert consumer.consume(late)
-    assert names() == {}
+    assert stored_names() == {}
     SimplestModel.objects.create(id=7, name='again')
-    assert names() == {7: 'again'}
+    assert stored_names() == {7: 'again'}
     assert graves() == []

@@ -9,7 +9,6 @@ the spot.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -17,29 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.harness import free_port
+
 SERVER = Path('/usr/lib/rabbitmq/bin/rabbitmq-server')
 CTL = Path('/usr/lib/rabbitmq/bin/rabbitmqctl')
-
-
-def _free_port() -> int:
-    """A free port below the ephemeral range.
-
-    An ephemeral port could be taken, while the node is stopped, by a client socket connecting
-    to it: on Linux a TCP connection to 127.0.0.1:P from local port P connects to itself.
-    """
-    try:
-        low = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(200):
-        port = random.randrange(20000, max(20001, low - 1))
-        with socket.socket() as sock:
-            try:
-                sock.bind(('127.0.0.1', port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError('no free port below the ephemeral range')
 
 
 def port_open(port: int) -> bool:
@@ -96,9 +76,9 @@ class PrivateBroker:
             raise RuntimeError(f'{SERVER} is missing: install the rabbitmq-server package')
         self.base = base
         self.node = f'cqrs{uuid.uuid4().hex[:8]}@localhost'
-        self.port = _free_port()
-        self.tls_port = _free_port() if tls else None
-        self.dist_port = _free_port()
+        self.port = free_port()
+        self.tls_port = free_port() if tls else None
+        self.dist_port = free_port()
         self.certificates = make_certificates(base / 'tls') if tls else None
         self.process: subprocess.Popen | None = None
         base.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from tests.harness import (
     assert_replica_equals_master,
     cqrs_settings_for,
     create_in_transactions,
+    free_port,
     master_rows,
     outbox_on,
     private_node_broker,  # noqa: F401 (the ``broker`` fixture)
@@ -34,7 +35,7 @@ from tests.harness import (
     settle_publisher,
     wait_for,
 )
-from tests.transport.private_broker import _free_port, port_open
+from tests.transport.private_broker import port_open
 
 TRANSPORTS = pytest.mark.parametrize('transport', [RABBIT, KOMBU], ids=['rabbitmq', 'kombu'])
 
@@ -42,7 +43,7 @@ TRANSPORTS = pytest.mark.parametrize('transport', [RABBIT, KOMBU], ids=['rabbitm
 @pytest.fixture
 def dead_url():
     """An AMQP URL with credentials whose port nothing listens on."""
-    return f'amqp://ghost:s3cretpw@127.0.0.1:{_free_port()}/%2F'
+    return f'amqp://ghost:s3cretpw@127.0.0.1:{free_port()}/%2F'
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_item_01_semicolon_string_is_a_list_of_nodes(master, shared, names, amqp
 
 @pytest.mark.django_db(transaction=True)
 def test_item_01_every_node_dead_fails_the_publish_and_names_the_nodes(master, caplog):
-    first, second = _free_port(), _free_port()
+    first, second = free_port(), free_port()
     master(url=[f'amqp://u:s3cretpw@127.0.0.1:{p}/%2F' for p in (first, second)])
 
     SimplestModel.objects.create(id=1, name='unpublished')
@@ -276,7 +277,7 @@ def test_item_01_dead_letters_command_skips_a_dead_first_node(
 @TRANSPORTS
 def test_item_01_dead_letters_command_names_every_dead_node(transport, names):
     """No node answers: the command fails with the nodes it tried, without credentials."""
-    first, second = _free_port(), _free_port()
+    first, second = free_port(), free_port()
     urls = [f'amqp://u:s3cretpw@127.0.0.1:{port}/%2F' for port in (first, second)]
     with (
         override_settings(CQRS=cqrs_settings_for(transport, ';'.join(urls), names)),

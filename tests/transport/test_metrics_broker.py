@@ -20,15 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dj_cqrs.transport import RabbitMQTransport
 from tests.dj_master.models import FlakyModel, SimplestModel
-from tests.harness import wait_for
+from tests.harness import free_port, wait_for
 
 STARTED = re.compile(r'CQRS consumer: worker (\d+) started \(pid (\d+)\)')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple, float]:

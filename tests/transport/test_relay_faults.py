@@ -55,7 +55,8 @@ def outbox_count(service) -> int:
     return service.count(OUTBOX)
 
 
-def relay_once(master, check: bool = True) -> subprocess.CompletedProcess:
+def relay_in(master, check: bool = True) -> subprocess.CompletedProcess:
+    """`manage.py cqrs_relay --once --min-age 0` run by the master service (a process)."""
     return master.manage('cqrs_relay', '--once', '--min-age', '0', check=check)
 
 
@@ -76,7 +77,7 @@ def test_item_01c_relay_while_the_broker_is_down_keeps_the_rows_then_drains_them
     try:
         make_changes(master, broker.url, CHANGES)
         assert outbox_count(master) == CHANGED_ROWS, 'every change has its outbox row'
-        failed = relay_once(master, check=False)
+        failed = relay_in(master, check=False)
         assert outbox_count(master) == CHANGED_ROWS, 'the failed relay kept every row'
     finally:
         broker.start_app()
@@ -90,7 +91,7 @@ def test_item_01c_relay_while_the_broker_is_down_keeps_the_rows_then_drains_them
     assert f'127.0.0.1:{broker.port}' in failed.stderr, 'the error names the broker'
     assert not RELAYED.search(failed.stderr)
 
-    relayed = relay_once(master)
+    relayed = relay_in(master)
     assert RELAYED.findall(relayed.stderr) == [str(CHANGED_ROWS)], relayed.stderr
     assert outbox_count(master) == 0
     replica.start('-w', '1')
@@ -134,7 +135,7 @@ def test_item_01d_nacked_messages_stay_in_the_outbox_until_the_queue_has_room(
         lambda: list(range(1, LIMIT + 1)),
         lambda: [pk for pk, *_ in replica_names(replica, REPLICA_TABLE)],
     )
-    relayed = relay_once(master)
+    relayed = relay_in(master)
     assert RELAYED.findall(relayed.stderr) == [str(15 - LIMIT)], relayed.stderr
     assert outbox_count(master) == 0
     wait_equal(

@@ -24,8 +24,7 @@ from django.core.management.base import CommandError
 
 from dj_cqrs.transport import RabbitMQTransport, current_transport
 from tests.dj_master.models import SimplestModel
-from tests.harness import KOMBU, RABBIT, Broker, wait_for
-from tests.transport.private_broker import _free_port
+from tests.harness import KOMBU, RABBIT, Broker, free_port, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -262,7 +261,7 @@ def test_vhost_over_tls(vhost_broker, names, master, probes, transport):
 
 def password_urls(broker):
     return {
-        'closed-port': f'amqp://guest:{PASSWORD}@127.0.0.1:{_free_port()}/%2F',
+        'closed-port': f'amqp://guest:{PASSWORD}@127.0.0.1:{free_port()}/%2F',
         'wrong-password': f'amqp://guest:{PASSWORD}@127.0.0.1:{broker.port}/%2F',
         'wrong-password-tls': tls_url(broker, password=PASSWORD),
     }
