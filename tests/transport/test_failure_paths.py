@@ -40,9 +40,10 @@ def create(pks) -> None:
 # --- a. a burst beyond the prefetch with a failing row and a poison body ---------------------
 
 
+@pytest.mark.parametrize('vendor', ['sqlite', 'postgresql'])
 @pytest.mark.django_db(transaction=True)
 def test_item_01a_burst_with_a_failing_row_and_a_poison_body_drains_the_queue(
-    master, names, broker, replica_service
+    vendor, master, names, broker, replica_service
 ):
     # 80 messages queued before the consumer starts; it may hold 5 unacknowledged at a time
     # (prefetch = delay queue size + 1; settings_broker's consumer_prefetch_count is 50).
@@ -56,7 +57,7 @@ def test_item_01a_burst_with_a_failing_row_and_a_poison_body_drains_the_queue(
     assert RabbitMQTransport.flush()
     wait_for(lambda: broker.count(names['queue']) == 80, message='80 queued messages')
 
-    replica = replica_service(CQRS_TEST_DELAY_QUEUE=4).start('-w', '1')
+    replica = replica_service(CQRS_TEST_DELAY_QUEUE=4, vendor=vendor).start('-w', '1')
     assert_replica_equals_master(replica)
     wait_for(
         lambda: broker.count(names['dead_letter_queue']) == 1,

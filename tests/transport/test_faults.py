@@ -109,12 +109,13 @@ def test_outbox_keeps_every_change_made_while_the_broker_is_down(
     assert replica.process.poll() is None
 
 
+@VENDORS
 @pytest.mark.django_db(transaction=True)
 def test_without_outbox_changes_made_while_the_broker_is_down_are_lost(
-    master, names, broker, replica_service
+    vendor, master, names, broker, replica_service
 ):
     master(url=broker.url)
-    replica = replica_service(url=broker.url).start('-w', '1')
+    replica = replica_service(url=broker.url, vendor=vendor).start('-w', '1')
     replica.wait_ready()
     save_changes(range(1, 11))
     assert_replica_equals_master(replica)
