@@ -880,6 +880,13 @@ class ReplicaService(ManagedService):
             message=f'{workers} ready workers (log: {self.log_tail(2000)})',
         )
 
+    def declare_queue(self) -> ReplicaService:
+        """Run ``cqrs_consume`` until it is ready, then stop it: the replica queue exists
+        (durable, bound) and nobody consumes it."""
+        self.start('-w', '1').wait_ready()
+        assert self.stop() == 0, self.log_tail()
+        return self
+
     def count(self, table: str = SIMPLEST) -> int:
         return self.query(f'SELECT COUNT(*) FROM {table}')[0][0]
 

@@ -124,9 +124,7 @@ def test_item_05_relay_once_right_after_an_outage_drains_every_failed_save(
 
 def test_item_05_manage_py_relay_once_right_after_an_outage(broker, names, replica_service):
     master = master_service(replica_service, broker.url)
-    replica = replica_service(url=broker.url).start('-w', '1')
-    replica.wait_ready()
-    assert replica.stop() == 0
+    replica = replica_service(url=broker.url).declare_queue()
 
     broker.stop_app()
     try:
