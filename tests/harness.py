@@ -25,6 +25,8 @@ import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 import pika
@@ -879,6 +881,19 @@ class ReplicaService(ManagedService):
             timeout,
             message=f'{workers} ready workers (log: {self.log_tail(2000)})',
         )
+
+    def recorded_master_updated(self, cqrs_id: str = 'simplest') -> datetime | None:
+        """The newest master ``cqrs_updated`` the workers have written as applied for
+        ``cqrs_id`` (``dj_cqrs.replica_status``); None before their first write."""
+        rows = self.query(
+            'SELECT last_master_updated FROM dj_cqrs_replica_status WHERE cqrs_id = ?', (cqrs_id,)
+        )
+        value = rows[0][0] if rows else None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt_timezone.utc)
+        return value
 
     def declare_queue(self) -> ReplicaService:
         """Run ``cqrs_consume`` until it is ready, then stop it: the replica queue exists

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import pika
 import pytest
+from django.db.models import Max
 
 from dj_cqrs.models import CQRSOutboxMessage
 from dj_cqrs.transport import RabbitMQTransport
@@ -169,6 +170,13 @@ def test_sigkilled_worker_loses_nothing(vendor, master, replica_service):
     # received, unapplied, unacknowledged messages, whatever the speed of the machine.
     create_in_transactions(list(range(1, 11)), 1)
     wait_for(lambda: replica.count() == 10, 30, message='the first ten rows applied')
+    # ... and written as the worker's progress (``dj_cqrs.replica_status``): otherwise, on
+    # SQLite, the worker may resume with that write, which waits for the lock (whole database)
+    # before it takes any message.
+    newest = SimplestModel.objects.aggregate(newest=Max('cqrs_updated'))['newest']
+    wait_for(
+        lambda: replica.recorded_master_updated() == newest, 30, message='the progress written'
+    )
     os.kill(victim, signal.SIGSTOP)
     try:
         create_in_transactions(list(range(11, total + 1)), 5)
