@@ -3,7 +3,9 @@
 # them). Three runs go side by side (the broker tests mostly wait on other processes):
 #   1. the suite and the multi-service integration tests on SQLite, with RabbitMQ and Redis;
 #   2. the core suite on PostgreSQL, then the integration tests on PostgreSQL (a database per
-#      service, see integration_tests/conftest.py);
+#      service, see integration_tests/conftest.py), then the broker tests of the side run
+#      (PostgreSQL replicas and the 3-node cluster, CQRS_TEST_SIDE_RUN in
+#      tests/transport/conftest.py), which run 1 leaves out to finish sooner;
 #   3. the core suite on SQLite with Django 4.2 LTS (PY42, built by `make venv42`).
 # Coverage of runs 1 and 2 is combined at the end.
 set -uo pipefail
@@ -27,6 +29,10 @@ postgres_run() {
   CQRS_TEST_DB_VENDOR=postgresql CQRS_TEST_EVIDENCE=.run/evidence.it-pg.jsonl \
     COVERAGE_FILE=.run/coverage.it-pg "$PY" -m pytest integration_tests --cov=dj_cqrs \
     --cov-report= "${EVIDENCE[@]}" "$@" || return 1
+  echo "== broker tests with PostgreSQL replicas, and the 3-node RabbitMQ cluster =="
+  CQRS_TEST_SIDE_RUN=1 CQRS_TEST_EVIDENCE=.run/evidence.side.jsonl \
+    COVERAGE_FILE=.run/coverage.side "$PY" -m pytest tests/transport --cov=dj_cqrs \
+    --cov-report= "${EVIDENCE[@]}" "$@" || return 1
 }
 
 django42_run() {
@@ -47,7 +53,8 @@ django42_pid=$!
 
 status=0
 echo "== suite and multi-service integration tests on SQLite, with RabbitMQ and Redis =="
-CQRS_TEST_EVIDENCE=.run/evidence.sqlite.jsonl COVERAGE_FILE=.run/coverage.sqlite "$PY" -m pytest \
+CQRS_TEST_SIDE_RUN=0 CQRS_TEST_EVIDENCE=.run/evidence.sqlite.jsonl \
+  COVERAGE_FILE=.run/coverage.sqlite "$PY" -m pytest \
   tests integration_tests --cov=dj_cqrs --cov-report= "${EVIDENCE[@]}" "$@" || status=1
 
 wait "$postgres_pid" || status=1
@@ -56,7 +63,8 @@ wait "$django42_pid" || status=1
 cat .run/django42-tests.log
 
 echo "== coverage of dj_cqrs, all runs =="
-"$PY" -m coverage combine -q .run/coverage.sqlite .run/coverage.pg .run/coverage.it-pg
+"$PY" -m coverage combine -q .run/coverage.sqlite .run/coverage.pg .run/coverage.it-pg \
+  .run/coverage.side
 "$PY" -m coverage report
 echo "== what the tests ran against =="
 "$PY" scripts/test_summary.py .run/evidence.*.jsonl || status=1

@@ -8,6 +8,9 @@ be reached fails the test run; nothing here is skipped. The helpers are in ``tes
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from django.test import override_settings
 
@@ -19,6 +22,37 @@ from tests.harness import (
     reset_publisher,
     settle_publisher,
 )
+
+HERE = Path(__file__).resolve().parent
+
+
+def _side_run_item(item: pytest.Item) -> bool:
+    """A broker test of the side run: a PostgreSQL replica (``vendor`` parameter) or the
+    3-node cluster."""
+    callspec = getattr(item, 'callspec', None)
+    vendor = callspec.params.get('vendor') if callspec is not None else None
+    return vendor == 'postgresql' or item.path.name == 'test_cluster.py'
+
+
+def pytest_collection_modifyitems(config, items):
+    """``CQRS_TEST_SIDE_RUN=1`` keeps only the broker tests of the side run (PostgreSQL
+    replicas, the cluster), ``=0`` all the others; unset, everything runs.
+
+    ``scripts/run_tests.sh`` runs the side run beside the main one, which is the longest.
+    """
+    side = os.environ.get('CQRS_TEST_SIDE_RUN')
+    if side not in ('0', '1'):
+        return
+    kept, deselected = [], []
+    for item in items:
+        in_side_run = HERE in item.path.parents and _side_run_item(item)
+        if HERE in item.path.parents:
+            (kept if in_side_run == (side == '1') else deselected).append(item)
+        else:
+            (deselected if side == '1' else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture(autouse=True)
