@@ -1021,12 +1021,12 @@ def call_exiting(command: str, *args: str) -> tuple[int, str, str]:
     for commands that end with ``SystemExit`` (``cqrs_status``)."""
     from django.core.management import call_command
 
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command(command, *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
+    with command_streams() as (out, err):
+        try:
+            call_command(command, *args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
     return code, out.getvalue(), err.getvalue()
 
 
