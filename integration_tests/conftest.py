@@ -47,6 +47,7 @@ from tests.harness import (
     base_env,
     new_database,
     pg_connect,
+    run_process,
     wait_for,
 )
 
@@ -163,16 +164,13 @@ def demo_databases(tmp_path_factory, amqp_url, db_server):
                 DB_VENDOR, f'demo_{kind}_template', data_dir / f'{kind}.sqlite3'
             )
             env = demo_env(data_dir, amqp_url, 'cqrs_it_unused', 'cqrs_it_unused', database)
-            result = subprocess.run(
+            run_process(
                 [PYTHON, 'manage.py', 'migrate', '--noinput', '-v', '0'],
+                what=f'migrate in {directory.name}',
                 cwd=directory,
                 env=env,
-                capture_output=True,
-                text=True,
                 timeout=COMMAND_TIMEOUT,
             )
-            if result.returncode != 0:
-                pytest.fail(f'migrate in {directory.name} failed:\n{result.stderr[-4000:]}')
         for database in databases.values():
             if database.vendor == 'sqlite':
                 path = database.path

@@ -240,17 +240,35 @@ def pipeline(
     script = ' | '.join(stages)
     if pipefail:
         script = f'set -o pipefail; {script}'
+    return run_process(
+        ['bash', '-c', script], what=f'pipeline {script}', check=check, timeout=timeout
+    )
+
+
+def run_process(
+    argv: list[str],
+    *,
+    what: str,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
+    """Run ``argv`` to completion, its output captured as text (stdin: ``input`` or nothing);
+    with ``check``, fail the test unless it exits with 0 (``assert_succeeded``)."""
     result = subprocess.run(
-        ['bash', '-c', script],
-        cwd=ROOT,
-        env=base_env(),
-        stdin=subprocess.DEVNULL,
+        argv,
+        cwd=cwd,
+        env=base_env() if env is None else env,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     if check:
-        assert_succeeded(result, f'pipeline {script}')
+        assert_succeeded(result, what)
     return result
 
 
@@ -765,19 +783,15 @@ class ManagedService:
     ) -> subprocess.CompletedProcess:
         """Run a management command; with ``check``, fail the test (showing its output) unless
         it exits with 0."""
-        result = subprocess.run(
+        return run_process(
             [*self.command, *args],
+            what=f'{self.name}: {" ".join(args)[:200]}',
             cwd=self.cwd,
             env=self.env,
             input=input,
-            stdin=subprocess.DEVNULL if input is None else None,
-            capture_output=True,
-            text=True,
+            check=check,
             timeout=timeout,
         )
-        if check:
-            assert_succeeded(result, f'{self.name}: {" ".join(args)[:200]}')
-        return result
 
     def shell(self, code: str):
         """Run Python code with ``manage.py shell -c``; the JSON on its last stdout line."""
