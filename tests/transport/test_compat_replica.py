@@ -13,7 +13,15 @@ import kombu
 import pytest
 
 from tests.dj_master.models import SimplestModel
-from tests.harness import KOMBU, RABBIT, clean_redis, instance_data, wait_for, wire_body
+from tests.harness import (
+    KOMBU,
+    RABBIT,
+    clean_redis,
+    dead_letters,
+    instance_data,
+    wait_for,
+    wire_body,
+)
 
 DB_ERROR = 'dj_replica_dberrorreplica'
 UPDATED = '2024-01-01 00:00:00+00:00'
@@ -51,16 +59,9 @@ def publish_with_kombu(url, names, routing_key, message: dict):
         )
 
 
-def dead_letters(url, names):
-    """Bodies in this test's dead-letter queue (consumed)."""
-    exchange = kombu.Exchange(names['exchange'], type='topic', durable=True)
-    queue = kombu.Queue(names['dead_letter_queue'], exchange, durable=True, no_declare=True)
-    found = []
-    with kombu.Connection(url) as connection:
-        bound = queue(connection.channel())
-        while (message := bound.get(no_ack=True)) is not None:
-            found.append(json.loads(message.body))
-    return found
+def dead_letter_bodies(url, names):
+    """Bodies in this test's dead-letter queue on the broker of ``url`` (``dead_letters``)."""
+    return [body for body, _expiration in dead_letters(url, url, names['dead_letter_queue'])]
 
 
 def start_replica(replica_service, transport, url, **env):
@@ -95,7 +96,7 @@ def test_item_17_database_error_is_retried_through_the_delay_queue(setup, names,
     )
     assert log.count('CQRS is requeued: pk = 1 (db_error), correlation_id = None.') == 2
     assert 'CQRS service exception' not in log
-    assert dead_letters(url, names) == []
+    assert dead_letter_bodies(url, names) == []
 
 
 def test_item_17_database_error_every_time_ends_in_the_dead_letter_queue(
@@ -112,7 +113,7 @@ def test_item_17_database_error_every_time_ends_in_the_dead_letter_queue(
     log = replica.log()
     assert log.count('CQRS SAVE error: pk = 1, cqrs_revision = 0 (db_error).') == 4
     assert log.count('CQRS is requeued: pk = 1 (db_error)') == 3
-    [dead] = wait_for(lambda: dead_letters(url, names), message='the dead letter')
+    [dead] = wait_for(lambda: dead_letter_bodies(url, names), message='the dead letter')
     assert (dead['cqrs_id'], dead['retries']) == ('db_error', 3)
 
 
