@@ -184,8 +184,10 @@ def test_item_01_sigterm_mid_batch_finishes_the_batch_in_hand(
     with write_lock(replica, vendor):
         replica.start('-w', '1')
         # The worker logs each message of a batch as received before it writes; the lock
-        # holds the write, so the batch is in hand when SIGTERM comes.
-        wait_for(lambda: RECEIVED_SIMPLEST.search(replica.log()), message='a batch received')
+        # holds the write, so the batch is in hand when SIGTERM comes. On SQLite its start-up
+        # purges (tombstones, lag samples) may each wait for the lock first, up to the busy
+        # timeout of tests.settings_broker (30 s), then log an error: hence 2 x 30 s + 60 s.
+        wait_for(lambda: RECEIVED_SIMPLEST.search(replica.log()), 120, message='a batch received')
         replica.process.send_signal(signal.SIGTERM)
         in_hand = set(RECEIVED_SIMPLEST.findall(replica.log()))
     assert replica.process.wait(30) == 0
