@@ -682,6 +682,7 @@ class PostgresDatabase:
     def __init__(self, name: str) -> None:
         touched('postgresql')
         self.name = name
+        self._connection = None
 
     def __repr__(self) -> str:
         return f'<PostgreSQL database {self.name}>'
@@ -702,8 +703,9 @@ class PostgresDatabase:
     def _run(self, sql: str, params, row_factory=None):
         from psycopg.rows import tuple_row
 
-        with pg_connect(self.name) as connection:
-            cursor = connection.cursor(row_factory=row_factory or tuple_row)
+        if self._connection is None or self._connection.closed or self._connection.broken:
+            self._connection = pg_connect(self.name)
+        with self._connection.cursor(row_factory=row_factory or tuple_row) as cursor:
             cursor.execute(sql.replace('%', '%%').replace('?', '%s'), tuple(params))
             return cursor.fetchall() if cursor.description else cursor.rowcount
 
@@ -720,9 +722,11 @@ class PostgresDatabase:
         return self._run(sql, params)
 
     def drop(self) -> None:
-        """Drop the database, ending any session still on it."""
+        """Close our connection and drop the database, ending any session still on it."""
         from psycopg import sql
 
+        if self._connection is not None:
+            self._connection.close()
         pg_admin(
             sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(self.name))
         )
@@ -974,9 +978,10 @@ def relay_outbox() -> str:
 
 
 @contextmanager
-def write_lock(replica, vendor):
-    """Block the replica's writes to the simplest table until exit."""
-    if vendor == 'sqlite':
+def write_lock(replica):
+    """Block the replica's writes to the simplest table until exit (on SQLite: to the whole
+    database)."""
+    if replica.database.vendor == 'sqlite':
         with sqlite_write_lock(replica.database.path):
             yield
         return

@@ -46,10 +46,7 @@ def pytest_collection_modifyitems(config, items):
     kept, deselected = [], []
     for item in items:
         in_side_run = HERE in item.path.parents and _side_run_item(item)
-        if HERE in item.path.parents:
-            (kept if in_side_run == (side == '1') else deselected).append(item)
-        else:
-            (deselected if side == '1' else kept).append(item)
+        (kept if in_side_run == (side == '1') else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept

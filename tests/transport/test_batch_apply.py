@@ -181,7 +181,7 @@ def test_item_01_sigterm_mid_batch_finishes_the_batch_in_hand(
     # A delay queue of 49: the worker takes at most 50 of the 300 messages at a time (its
     # prefetch).
     replica = replica_service(vendor=vendor, CQRS_TEST_DELAY_QUEUE=49)
-    with write_lock(replica, vendor):
+    with write_lock(replica):
         replica.start('-w', '1')
         # The worker logs each message of a batch as received before it writes; the lock
         # holds the write, so the batch is in hand when SIGTERM comes. On SQLite its start-up

@@ -181,7 +181,7 @@ def test_sigkilled_worker_loses_nothing(vendor, master, replica_service):
     try:
         create_in_transactions(list(range(11, total + 1)), 5)
         assert RabbitMQTransport.flush(timeout=60)
-        with write_lock(replica, vendor):
+        with write_lock(replica):
             os.kill(victim, signal.SIGCONT)
             wait_for(
                 lambda: any(pk > 10 for pk in received_pks(replica.log(), victim)),
@@ -227,7 +227,7 @@ def test_worker_reconnects_after_a_broker_restart(vendor, master, names, broker,
     # when the broker goes away.
     create_in_transactions(list(range(1, 11)), 1)
     wait_for(lambda: replica.count() == 10, 30, message='the first ten rows applied')
-    with write_lock(replica, vendor):
+    with write_lock(replica):
         create_in_transactions(list(range(11, 511)), 2)
         assert RabbitMQTransport.flush(timeout=30)
         connection = pika.BlockingConnection(pika.URLParameters(broker.url))
